@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine (a virtual environment in .venv, made once):
+#   make run    execute the whole series headless, in order (full training on a GPU, quick mode without)
+#   make test   unit tests, the notebook/twin checks, and nbval over every notebook
+# Offline? Point at a folder-per-class copy of CIFAR-10:  make run DATA=/path/to/cifar10
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?=
+ifneq ($(strip $(DATA)),)
+export VIT_DATA_DIR := $(abspath $(DATA))
+endif
+
+.PHONY: run test setup sync clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python tools/run_series.py $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+# After editing a twin in notebooks/py/: refresh headers, then carry the change into the .ipynb (outputs kept).
+sync: $(STAMP)
+	$(BIN)/python tools/sync_headers.py
+	$(BIN)/jupytext --sync notebooks/py/[0-9][0-9]_*.py
+
+clean:
+	rm -rf outputs checkpoints

@@ -1,0 +1,185 @@
+"""Side-by-side training benchmark: the article's recipe, the fast recipe, the large recipe.
+
+On a GPU:   python benchmarks/train_speed.py --out results.json
+On a CPU:   python benchmarks/train_speed.py --tiny      (a few seconds; what CI runs)
+
+Prints one table: test accuracy, epochs, training seconds, images/s, time to 75% and 90% validation
+accuracy, model FLOPs utilisation against the measured bf16 matrix rate, peak GPU memory, hardware
+and versions. The article's recipe runs only a few epochs; its full-length numbers are extrapolated
+and labelled so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vit_helpers import VisionTransformer, count_parameters, flops_per_image  # noqa: E402
+from vit_helpers.data import GPUBatches, load_cifar10  # noqa: E402
+from vit_helpers.train import evaluate, recipe, train  # noqa: E402
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
+    """Measured dense bf16 matrix-multiply rate (median of `reps`), the MFU denominator."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a @ b
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def time_to(history: list[dict], threshold: float) -> float | None:
+    """Training seconds (evaluation excluded) until validation accuracy first reaches `threshold`."""
+    total = 0.0
+    for h in history:
+        total += h["seconds"]
+        if h["val_acc"] >= threshold:
+            return total
+    return None
+
+
+def run(name: str, data, device, epochs: int | None, tiny: bool, save_weights: Path | None, overrides: dict | None = None,
+        log: bool = False) -> dict:
+    args, cfg = recipe(name)
+    changes = {"epochs": epochs} if epochs else {}
+    changes.update(overrides or {})
+    if tiny:
+        args = args.replace(dim=32, hidden_dim=64, n_heads=2, n_layers=2)
+        changes.update(epochs=epochs or 2, batch_size=64, train_subset=512, val_size=256, num_workers=0,
+                       compile=False, eval_batch_size=256)
+    cfg = cfg.replace(**changes)
+    full_epochs = recipe(name)[1].epochs
+    torch.manual_seed(cfg.seed)
+    model = VisionTransformer(args)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    result = train(model, data, cfg, device=device, progress=log)
+    wall = time.perf_counter() - t0
+    test = GPUBatches(data.test_x, data.test_y, 1000, device=device)
+    _, test_acc = evaluate(model, test, device, cfg.precision)
+    h = result.history
+    steady = [r["images_per_s"] for r in (h[1:] if len(h) > 1 else h)]
+    secs = [r["seconds"] for r in (h[1:] if len(h) > 1 else h)]
+    row = {
+        "recipe": name, "params": count_parameters(model), "epochs": len(h), "recipe_epochs": full_epochs,
+        "test_acc": test_acc, "best_val_acc": result.best_val_acc, "train_seconds": result.train_seconds,
+        "wall_seconds": wall, "first_epoch_seconds": h[0]["seconds"], "median_epoch_seconds": statistics.median(secs),
+        "images_per_s": statistics.median(steady), "time_to_75": time_to(h, 0.75), "time_to_90": time_to(h, 0.90),
+        "flops_per_image": flops_per_image(args), "batch_size": cfg.batch_size,
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "extrapolated": len(h) < full_epochs, "history": h,
+    }
+    if row["extrapolated"]:
+        row["extrapolated_train_seconds"] = row["median_epoch_seconds"] * full_epochs
+    if save_weights is not None:
+        from vit_helpers.checkpoint import atomic_save
+
+        atomic_save({"model_args": args.to_dict(), "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                     "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+                     "history": h, "test_acc": test_acc, "made_by": "benchmarks/train_speed.py", "data": data.source},
+                    save_weights)
+    return row
+
+
+def fmt(v, spec="{:.1f}", none="-"):
+    return none if v is None else spec.format(v)
+
+
+def table(rows: list[dict], peak_tflops: float | None) -> str:
+    lines = ["| recipe | params | epochs | test acc | train s | images/s | to 75% (s) | to 90% (s) | MFU | peak mem (GiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mfu = (3 * r["flops_per_image"] * r["images_per_s"] / (peak_tflops * 1e12)) if peak_tflops else None
+        train_s = fmt(r["train_seconds"])
+        epochs = str(r["epochs"])
+        acc = f"{100 * r['test_acc']:.2f}%"
+        if r["extrapolated"]:
+            train_s += f" ({r['recipe_epochs']} epochs: ~{r['extrapolated_train_seconds']:.0f}, extrapolated)"
+            epochs += f" of {r['recipe_epochs']}"
+            acc += f" after {r['epochs']} epochs"
+        lines.append(f"| {r['recipe']} | {r['params'] / 1e6:.2f}M | {epochs} | {acc} | {train_s} | {r['images_per_s']:,.0f} | "
+                     f"{fmt(r['time_to_75'])} | {fmt(r['time_to_90'])} | {fmt(mfu, '{:.1%}')} | {fmt(r['peak_mem_gib'], '{:.2f}')} |")
+    return "\n".join(lines)
+
+
+def environment(device: torch.device, peak: float | None) -> str:
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    parts = [f"hardware: {hw}", f"torch {torch.__version__}", f"python {platform.python_version()}"]
+    if device.type == "cuda":
+        parts.append(f"CUDA {torch.version.cuda}")
+    if peak:
+        parts.append(f"measured bf16 matmul rate {peak:.0f} TFLOP/s (8192^3, median of 10)")
+    return "; ".join(parts) + f"; date {time.strftime('%Y-%m-%d')}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", default="article,fast,large", help="comma-separated recipe names")
+    p.add_argument("--article-epochs", type=int, default=2, help="epochs of the article's recipe to run (then extrapolate)")
+    p.add_argument("--epochs", type=int, default=None, help="override the epochs of the other recipes")
+    p.add_argument("--tiny", action="store_true", help="tiny models and data on the CPU: checks the script runs")
+    p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10 (with --tiny)")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a TrainConfig field of the non-article recipes, e.g. --set mix_prob=0")
+    p.add_argument("--log", action="store_true", help="print the training progress")
+    p.add_argument("--save-weights", type=Path, default=None, help="save the fast recipe's trained model here")
+    a = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not a.tiny else "cpu")
+    if a.synthetic:
+        from vit_helpers.data import ImageData
+
+        g = torch.Generator().manual_seed(0)
+        data = ImageData(torch.randint(0, 256, (1024, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (1024,), generator=g),
+                         torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (256,), generator=g),
+                         classes=tuple(map(str, range(10))), source="synthetic")
+    else:
+        data = load_cifar10()
+    if a.tiny:
+        data.test_x, data.test_y = data.test_x[:256], data.test_y[:256]
+    overrides = {}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value) if value not in ("", "None") else None
+    peak = matmul_tflops(device)
+    rows = []
+    for name in a.recipes.split(","):
+        epochs = a.article_epochs if name == "article" else a.epochs
+        print(f"== {name} ==", flush=True)
+        rows.append(run(name, data, device, epochs, a.tiny, a.save_weights if name == "fast" else None,
+                        None if name == "article" else overrides, a.log))
+        rows[-1]["overrides"] = overrides if name != "article" else {}
+        r = rows[-1]
+        print(f"{name}: test acc {r['test_acc']:.4f} after {r['epochs']} epochs, {r['train_seconds']:.1f} s training, "
+              f"{r['images_per_s']:,.0f} img/s, to 90%: {fmt(r['time_to_90'])} s", flush=True)
+    env = environment(device, peak)
+    text = table(rows, peak)
+    print("\n" + text + "\n\n" + env + "\nTime to X%: training seconds (evaluation excluded, compilation included) until "
+          "validation accuracy first reached X%. MFU: 3 x forward FLOPs x images/s over the measured bf16 rate.")
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"environment": env, "peak_tflops": peak, "table": text, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Data: the split, the GPU augmentations, the folder source and its errors."""
+import pytest
+import torch
+
+from conftest import cifar_dir
+from vit_helpers import data as D
+from vit_helpers.augment import augment_batch
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    a_train, a_val = D.train_val_split(1000, 100, seed=1)
+    b_train, b_val = D.train_val_split(1000, 100, seed=1)
+    assert torch.equal(a_train, b_train) and torch.equal(a_val, b_val)
+    assert len(a_val) == 100 and len(a_train) == 900
+    assert sorted(torch.cat([a_train, a_val]).tolist()) == list(range(1000))
+    assert not torch.equal(D.train_val_split(1000, 100, seed=2)[1], a_val)
+
+
+def test_split_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="val_size"):
+        D.train_val_split(10, 10)
+
+
+def test_validation_batches_are_not_augmented():
+    from vit_helpers.train import TrainConfig, make_batches
+    from conftest import synthetic_data
+
+    data = synthetic_data()
+    cfg = TrainConfig(pipeline="gpu", augment="trivial", mix_prob=1.0, val_size=64, batch_size=32, eval_batch_size=64)
+    _, val, _ = make_batches(data, cfg, torch.device("cpu"), 5)
+    _, val_idx = D.train_val_split(len(data.train_x), 64, cfg.seed)
+    (x1, y1), = list(val)
+    (x2, y2), = list(val)
+    assert torch.equal(x1, x2)  # the same every time: no randomness
+    assert torch.equal(x1, D.to_model_input(data.train_x[val_idx]))  # exactly the test transform
+    assert y1.dtype == torch.long and torch.equal(y1, data.train_y[val_idx])
+
+
+def test_classic_validation_uses_the_test_transform():
+    from vit_helpers.train import TrainConfig, make_batches
+    from conftest import synthetic_data
+
+    data = synthetic_data(size=32)
+    cfg = TrainConfig(pipeline="classic", val_size=16, batch_size=8, eval_batch_size=16, num_workers=0)
+    _, val, _ = make_batches(data, cfg, torch.device("cpu"), 5)
+    _, val_idx = D.train_val_split(len(data.train_x), 16, cfg.seed)
+    x, _ = next(iter(val))
+    torch.testing.assert_close(x, D.to_model_input(data.train_x[val_idx]))
+
+
+@pytest.mark.parametrize("policy", ["none", "crop_flip", "trivial"])
+def test_augment_keeps_shape_dtype_range(policy):
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = augment_batch(x, torch.Generator().manual_seed(0), policy)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("policy", ["crop_flip", "trivial"])
+def test_augment_differs_per_sample(policy):
+    one = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    out = augment_batch(one.expand(32, -1, -1, -1).contiguous(), torch.Generator().manual_seed(0), policy)
+    distinct = {tuple(o.flatten()[:200].tolist()) for o in out}
+    assert len(distinct) > 8
+
+
+def test_crop_flip_moves_whole_pixels():
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    out = augment_batch(x, torch.Generator().manual_seed(0), "crop_flip")
+    # every output pixel is either padding (0) or an exact input value
+    vals = (out * 255).round()
+    assert torch.allclose(out * 255, vals, atol=1e-3)
+
+
+def test_augment_is_reproducible_from_the_generator():
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    a = augment_batch(x, torch.Generator().manual_seed(5), "trivial")
+    b = augment_batch(x, torch.Generator().manual_seed(5), "trivial")
+    assert torch.equal(a, b)
+
+
+def test_augment_rejects_float_input():
+    with pytest.raises(TypeError, match="uint8"):
+        augment_batch(torch.rand(2, 3, 32, 32))
+
+
+def test_gpu_batches_mixup_gives_soft_labels():
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    y = torch.randint(0, 5, (64,))
+    b = D.GPUBatches(x, y, 16, shuffle=True, drop_last=True, policy="crop_flip", mix_prob=1.0, n_classes=5)
+    xb, yb = next(iter(b))
+    assert yb.shape == (16, 5)
+    torch.testing.assert_close(yb.sum(-1), torch.ones(16))
+
+
+def test_folder_source_reads_and_caches(tmp_path, monkeypatch):
+    from PIL import Image
+
+    for split, n in (("train", 3), ("test", 2)):
+        for c, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            (tmp_path / "ds" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), colour).save(tmp_path / "ds" / split / c / f"{i}.png")
+    monkeypatch.setenv("VIT_CACHE_DIR", str(tmp_path / "cache"))
+    d = D.load_cifar10(tmp_path / "ds")
+    assert d.classes == ("cat", "dog") and d.train_x.shape == (6, 3, 8, 8) and d.train_x.dtype == torch.uint8
+    assert d.train_y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert d.train_x[0, 0].eq(255).all() and d.train_x[5, 2].eq(255).all()
+    assert list((tmp_path / "cache").glob("*.pt"))
+    assert "cached" in D.load_cifar10(tmp_path / "ds").source
+
+
+def test_missing_data_names_both_fixes(tmp_path, monkeypatch):
+    monkeypatch.delenv(D.DATA_DIR_ENV, raising=False)
+    with pytest.raises(RuntimeError) as e:
+        D.load_cifar10(tmp_path / "nowhere")
+    assert D.DATA_DIR_ENV in str(e.value) and "internet" in str(e.value)
+
+
+def test_failed_download_names_both_fixes(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.delenv(D.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("VIT_DATA_ROOT", str(tmp_path))
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(RuntimeError) as e:
+        D.load_cifar10()
+    assert D.DATA_DIR_ENV in str(e.value) and "internet" in str(e.value)
+
+
+def test_folder_missing_split_is_explained(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="test"):
+        D.load_cifar10(tmp_path)
+
+
+@pytest.mark.skipif(cifar_dir() is None, reason="needs VIT_DATA_DIR (CI unpacks ../shared/data)")
+def test_real_cifar10_folder():
+    d = D.load_cifar10()
+    assert d.classes == D.CIFAR10_CLASSES
+    assert d.train_x.shape == (50000, 3, 32, 32) and d.test_x.shape == (10000, 3, 32, 32)
+    assert torch.bincount(d.test_y).tolist() == [1000] * 10

@@ -1,0 +1,109 @@
+"""The notebooks as files: twins agree with their notebooks, headers match the project address."""
+import importlib.util
+import json
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
+TWINS = sorted((NB_DIR / "py").glob("[0-9][0-9]_*.py"))
+EXPECTED = ["01_patching", "02_attention", "03_transformer_block", "04_vision_transformer", "05_training", "06_evaluation", "07_lora"]
+
+spec = importlib.util.spec_from_file_location("sync_headers", ROOT / "tools" / "sync_headers.py")
+sync_headers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sync_headers)
+
+
+def cells(nb) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def twin_disagreements(ipynb: Path, py: Path) -> list[str]:
+    """Where the notebook's cells differ from its twin's, read through jupytext (no mtimes)."""
+    a, b = cells(nbformat.read(ipynb, as_version=4)), cells(jupytext.read(py))
+    problems = [f"cell {i}: notebook {x!r:.80} != twin {y!r:.80}" for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    if len(a) != len(b):
+        problems.append(f"{len(a)} cells in the notebook, {len(b)} in the twin")
+    return problems
+
+
+def test_every_notebook_in_the_series_exists_with_a_twin():
+    assert [p.stem for p in NOTEBOOKS] == EXPECTED
+    assert [p.stem for p in TWINS] == EXPECTED
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_and_twin_agree(name):
+    problems = twin_disagreements(NB_DIR / f"{name}.ipynb", NB_DIR / "py" / f"{name}.py")
+    assert not problems, f"{name}.ipynb and py/{name}.py disagree (run `make sync` after editing the twin):\n" + "\n".join(problems)
+
+
+def test_the_twin_check_catches_an_edit(tmp_path):
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    py = tmp_path / "twin.py"
+    jupytext.write(nb, py, fmt="py:percent")
+    ipynb = tmp_path / "nb.ipynb"
+    nbformat.write(nb, ipynb)
+    assert twin_disagreements(ipynb, py) == []
+    py.write_text(py.read_text().replace("import torch\n", "import torch  # edited\n", 1))
+    assert twin_disagreements(ipynb, py)
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_headers_match_the_project_address(name):
+    text = (NB_DIR / "py" / f"{name}.py").read_text()
+    assert sync_headers.render(text, f"{name}.ipynb") == text, "run `python tools/sync_headers.py` then `make sync`"
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and sync_headers.project.colab_url(f"{name}.ipynb") in nb.cells[0].source
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert first_code.source.startswith(sync_headers.INSTALL_MARK)
+    assert "--no-deps" in first_code.source and sync_headers.project.PIP_URL in first_code.source
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_prints_its_mode_and_has_objectives_and_exercises(name):
+    text = (NB_DIR / "py" / f"{name}.py").read_text()
+    assert "runtime.print_mode()" in text
+    assert "**You will learn**" in text and "## Exercises" in text
+
+
+def test_readme_lists_every_notebook_with_its_badge():
+    readme = (ROOT / "README.md").read_text()
+    for name in EXPECTED:
+        assert sync_headers.project.colab_url(f"{name}.ipynb") in readme, name
+
+
+def test_environment_yml_lists_what_pyproject_requires():
+    import tomllib
+
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["channels"][0] == "conda-forge" and "defaults" not in env["channels"]
+    conda_names = {str(d).split(">")[0].split("=")[0].split("<")[0].strip() for d in env["dependencies"] if isinstance(d, str)}
+    rename = {"torch": "pytorch"}
+    wanted = py["dependencies"] + py["optional-dependencies"]["dev"]
+    for req in wanted:
+        name = req.split(">")[0].split("=")[0].split("<")[0].strip()
+        assert rename.get(name, name) in conda_names, f"environment.yml lacks {name}"
+    pip_part = next(d for d in env["dependencies"] if isinstance(d, dict))["pip"]
+    assert any(line.strip().startswith("-e .") for line in pip_part), "the project must be installed in editable mode"
+
+
+def test_pyproject_bounds_torch_only_from_below():
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for d in deps:
+        if d.startswith(("torch", "torchvision")):
+            assert ">=" in d and "<" not in d.replace(">=", "") and "==" not in d, d
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make test" in ci

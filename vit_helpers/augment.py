@@ -1,0 +1,130 @@
+"""Data augmentation on the GPU, different for every image in the batch, with no host round trips.
+
+TrivialAugment (Müller & Hutter, 2021, arXiv:2103.10044): each image gets one operation, chosen at
+random, at a random strength. torchvision's TrivialAugmentWide applies one draw to a whole batched
+tensor, so the per-image version is written here in vectorised form: every colour operation is
+computed for the whole batch and each image keeps its own; all geometric operations (TrivialAugment's
+rotate/shear/translate, the random crop with padding, and the flip) are folded into one affine matrix
+per image and applied in a single `grid_sample`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# TrivialAugment's operations. Equalize is left out: a per-image histogram is awkward to vectorise
+# and the other contrast operations cover its role here.
+COLOR_OPS = ("identity", "brightness", "contrast", "color", "sharpness", "posterize", "solarize", "autocontrast")
+GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+TRIVIAL_OPS = COLOR_OPS + GEOMETRIC_OPS
+
+MAX_ROTATE_DEG = 30.0
+MAX_SHEAR = 0.3
+MAX_TRANSLATE = 0.3  # fraction of the image side
+MAX_FACTOR = 0.9  # brightness/contrast/color/sharpness factor in [0.1, 1.9]
+
+
+def _rand(n: int, g: torch.Generator | None, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device)
+
+
+def _sign(n: int, g, device) -> torch.Tensor:
+    return torch.randint(0, 2, (n,), generator=g, device=device).float() * 2 - 1
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """b + factor * (a - b): factor 1 gives a, 0 gives b (PIL's ImageEnhance)."""
+    return (b + factor.view(-1, 1, 1, 1) * (a - b)).clamp(0, 1)
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    # Python-float weights: building a small tensor on the GPU every batch would be a blocking copy.
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+
+
+def color_ops(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Apply COLOR_OPS[op[i]] with strength mag[i] in [0, 1] to image i. x: (B, 3, H, W) in [0, 1]."""
+    factor = 1 + MAX_FACTOR * mag * sign
+    out = x
+    gray = _grayscale(x)
+    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # PIL's SMOOTH, roughly
+    bits = (8 - torch.round(4 * mag)).view(-1, 1, 1, 1)  # keep 4..8 bits
+    step = torch.pow(2.0, 8 - bits)
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    candidates = {
+        "brightness": _blend(x, torch.zeros_like(x), factor),
+        "contrast": _blend(x, gray.mean(dim=(1, 2, 3), keepdim=True).expand_as(x), factor),
+        "color": _blend(x, gray, factor),
+        "sharpness": _blend(x, blur, factor),
+        "posterize": torch.floor(x * 255 / step) * step / 255,
+        "solarize": torch.where(x >= (1 - mag).view(-1, 1, 1, 1), 1 - x, x),
+        "autocontrast": torch.where(hi > lo, (x - lo) / (hi - lo).clamp_min(1e-6), x),
+    }
+    for name, value in candidates.items():
+        out = torch.where((op == COLOR_OPS.index(name)).view(-1, 1, 1, 1), value, out)
+    return out
+
+
+def affine_matrices(
+    n: int, g, device, *, pad: int = 0, flip: bool = False, size: int = 32,
+    geo_op: torch.Tensor | None = None, mag: torch.Tensor | None = None, sign: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One (2, 3) matrix per image for `F.affine_grid`, in normalised coordinates ([-1, 1] spans the image).
+
+    Combines a random shift of up to `pad` whole pixels (= random crop of the zero-padded image),
+    a horizontal flip with probability 1/2, and the geometric TrivialAugment op given by `geo_op`
+    (-1 for none; else an index into GEOMETRIC_OPS) with strength `mag`.
+    """
+    eye = torch.eye(3, device=device).expand(n, 3, 3).clone()
+    m = eye.clone()
+    if geo_op is not None:
+        s = mag * sign
+        ang = torch.deg2rad(MAX_ROTATE_DEG * s)
+        rot = eye.clone()
+        rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = ang.cos(), -ang.sin(), ang.sin(), ang.cos()
+        shx, shy, trx, try_ = eye.clone(), eye.clone(), eye.clone(), eye.clone()
+        shx[:, 0, 1] = MAX_SHEAR * s
+        shy[:, 1, 0] = MAX_SHEAR * s
+        trx[:, 0, 2] = 2 * MAX_TRANSLATE * s
+        try_[:, 1, 2] = 2 * MAX_TRANSLATE * s
+        for k, mat in enumerate((rot, shx, shy, trx, try_)):
+            m = torch.where((geo_op == k).view(-1, 1, 1), mat, m)
+    if flip:
+        f = eye.clone()
+        f[:, 0, 0] = torch.where(_rand(n, g, device) < 0.5, -1.0, 1.0)
+        m = f @ m
+    if pad:
+        shift = torch.randint(-pad, pad + 1, (n, 2), generator=g, device=device).float()
+        t = eye.clone()
+        t[:, :2, 2] = shift * 2 / size  # whole pixels, so bilinear sampling copies pixels exactly
+        m = t @ m
+    return m[:, :2]
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, policy: str = "trivial", pad: int = 4) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> augmented float images in [0, 1], same shape, one draw per image.
+
+    policy: "none" (only convert), "crop_flip" (random crop with `pad` zero padding, and flip),
+    or "trivial" (crop_flip plus one TrivialAugment operation per image).
+    """
+    if x.dtype != torch.uint8 or x.dim() != 4:
+        raise TypeError(f"augment_batch expects uint8 images (B, C, H, W), got {x.dtype} of shape {tuple(x.shape)}")
+    if policy not in ("none", "crop_flip", "trivial"):
+        raise ValueError(f"unknown augmentation policy {policy!r}; use 'none', 'crop_flip' or 'trivial'")
+    B, C, H, W = x.shape
+    out = x.float() / 255
+    if policy == "none":
+        return out
+    geo_op = mag = sign = None
+    if policy == "trivial":
+        op = torch.randint(0, len(TRIVIAL_OPS), (B,), generator=generator, device=x.device)
+        mag = _rand(B, generator, x.device)
+        sign = _sign(B, generator, x.device)
+        out = color_ops(out, op, mag, sign)
+        geo_op = torch.where(op >= len(COLOR_OPS), op - len(COLOR_OPS), -1)
+    theta = affine_matrices(B, generator, x.device, pad=pad, flip=True, size=W, geo_op=geo_op, mag=mag, sign=sign)
+    grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
+    return F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(0, 1)

@@ -1,0 +1,282 @@
+"""CIFAR-10 (Krizhevsky, 2009): loading, the train/validation split, and two input pipelines.
+
+Sources, in order: a folder-per-class tree (`train/<class>/*`, `test/<class>/*`) given as
+`data_dir` or by the environment variable VIT_DATA_DIR; otherwise torchvision's download.
+Either way the images are decoded once into uint8 tensors and cached on disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import paths
+from .augment import augment_batch
+
+DATA_DIR_ENV = "VIT_DATA_DIR"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Per-channel statistics of the CIFAR-10 training set (the article's numbers).
+CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
+CIFAR10_STD = (0.24703223, 0.24348513, 0.26158784)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass
+class ImageData:
+    """A labelled image dataset held as uint8 tensors (N, C, H, W) and int64 labels (N,)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    source: str  # where it came from, for printing
+
+    def __repr__(self) -> str:
+        return (f"ImageData({len(self.train_x)} train + {len(self.test_x)} test images of shape "
+                f"{tuple(self.train_x.shape[1:])}, {len(self.classes)} classes, from {self.source})")
+
+
+def _missing_data_error(cause: BaseException | None) -> RuntimeError:
+    return RuntimeError(
+        "CIFAR-10 is not available. Fix it one of two ways:\n"
+        "  1. connect to the internet, so torchvision can download it (the default), or\n"
+        f"  2. point the project at a folder-per-class copy (train/<class>/*.jpg, test/<class>/*.jpg):\n"
+        f"     export {DATA_DIR_ENV}=/path/to/cifar10   (or pass data_dir=... to load_cifar10)\n"
+        f"     An offline copy unpacks with: python ../shared/data/cifar10.py unpack data/cifar10\n"
+        f"(download attempted into {paths.data_root()}; cause: {cause!r})"
+    )
+
+
+def _list_folder(root: Path) -> dict[str, list[tuple[str, list[Path]]]]:
+    """{split: [(class, sorted files), ...]} for a folder-per-class tree, checked."""
+    tree = {}
+    for split in ("train", "test"):
+        d = root / split
+        if not d.is_dir():
+            raise FileNotFoundError(
+                f"{root} is not a folder-per-class dataset: {d} is missing. Expected "
+                f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
+            )
+        classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+        if not classes:
+            raise FileNotFoundError(f"{d} has no class folders; expected {d}/<class>/*.jpg")
+        tree[split] = [(c, sorted(p for p in (d / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)) for c in classes]
+        for c, files in tree[split]:
+            if not files:
+                raise FileNotFoundError(f"{d / c} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    train_classes = [c for c, _ in tree["train"]]
+    if train_classes != [c for c, _ in tree["test"]]:
+        raise ValueError(f"train and test of {root} have different class folders: {train_classes} vs {[c for c, _ in tree['test']]}")
+    return tree
+
+
+def _decode_folder(root: Path) -> ImageData:
+    from PIL import Image
+
+    tree = _list_folder(root)
+    out = {}
+    for split, entries in tree.items():
+        images, labels = [], []
+        for label, (_, files) in enumerate(entries):
+            for f in files:
+                with Image.open(f) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+                labels.append(label)
+        sizes = {a.shape for a in images}
+        if len(sizes) != 1:
+            raise ValueError(f"images in {root / split} differ in size ({sorted(sizes)[:3]}...); resize them to one size first")
+        out[split] = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels))  # (N,H,W,C)->(N,C,H,W)
+    classes = tuple(c for c, _ in tree["train"])
+    return ImageData(*out["train"], *out["test"], classes=classes, source=f"folder {root}")
+
+
+def _folder_key(root: Path) -> str:
+    h = hashlib.sha1(str(root.resolve()).encode())
+    for split in ("train", "test"):
+        for f in sorted((root / split).rglob("*")):
+            if f.is_file():
+                h.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _download(name: str = "CIFAR10") -> ImageData:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, name)
+    root = paths.data_root()
+    try:
+        train = cls(root=str(root), train=True, download=True)
+        test = cls(root=str(root), train=False, download=True)
+    except Exception as e:  # no network, blocked host, disk full...
+        raise _missing_data_error(e) from e
+    to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # (N,H,W,C)->(N,C,H,W)
+    return ImageData(to_t(train.data), torch.tensor(train.targets), to_t(test.data), torch.tensor(test.targets),
+                     classes=tuple(train.classes), source=f"torchvision {name} in {root}")
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None, cache: bool = True) -> ImageData:
+    """CIFAR-10 as uint8 tensors, from `data_dir`, else $VIT_DATA_DIR, else torchvision's download."""
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
+    if data_dir is None:
+        return _download("CIFAR10")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise _missing_data_error(FileNotFoundError(f"{root} (from {'data_dir' if data_dir else DATA_DIR_ENV}) is not a folder"))
+    cache_file = paths.cache_dir() / f"images-{_folder_key(root)}.pt"
+    if cache and cache_file.is_file():
+        d = torch.load(cache_file, weights_only=True)
+        return ImageData(d["train_x"], d["train_y"], d["test_x"], d["test_y"], tuple(d["classes"]), source=f"folder {root} (cached decode)")
+    data = _decode_folder(root)
+    if cache:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"train_x": data.train_x, "train_y": data.train_y, "test_x": data.test_x, "test_y": data.test_y,
+                    "classes": list(data.classes)}, tmp)
+        os.replace(tmp, cache_file)
+    return data
+
+
+def load_torchvision_dataset(name: str) -> ImageData:
+    """Another torchvision dataset with the same layout (e.g. "CIFAR100"); needs the internet."""
+    return _download(name)
+
+
+def train_val_split(n: int, val_size: int = 5000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of range(n) into (train indices, validation indices), each in random order.
+
+    Random order matters: the first k training indices are then a random subset of k images
+    (a folder-per-class copy lists images class by class).
+    """
+    if not 0 < val_size < n:
+        raise ValueError(f"val_size must be between 1 and {n - 1} for {n} images, got {val_size}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:], perm[:val_size]
+
+
+def normalize(x: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:
+    """Float images in [0, 1] (B, C, H, W) -> standardised per channel. mean/std: sequences or tensors."""
+    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def to_model_input(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> the normalised float tensor the model takes (what the test transform does)."""
+    return normalize(x_uint8.float() / 255)
+
+
+class GPUBatches:
+    """Shuffled mini-batches from uint8 images that live on one device, augmented there.
+
+    Yields (inputs, targets): normalised float images, and int labels or (with MixUp/CutMix) soft
+    labels (B, n_classes). All randomness comes from `generator`, so a run can be resumed exactly.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, device=None, shuffle: bool = False,
+                 drop_last: bool = False, policy: str = "none", mix_prob: float = 0.0, n_classes: int = 10,
+                 mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, seed: int = 0):
+        device = torch.device(device or x.device)
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.policy, self.mix_prob = policy, mix_prob
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.host_generator = torch.Generator().manual_seed(seed + 1)  # per-batch MixUp/CutMix draws
+        # Made once: a host-to-device copy per batch would stall the CPU until the GPU caught up.
+        self.mean = torch.tensor(CIFAR10_MEAN, device=device)
+        self.std = torch.tensor(CIFAR10_STD, device=device)
+        self.mixers = None
+        if mix_prob > 0:
+            from torchvision.transforms import v2
+
+            self.mixers = (v2.MixUp(alpha=mixup_alpha, num_classes=n_classes), v2.CutMix(alpha=cutmix_alpha, num_classes=n_classes))
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.x)
+        order = torch.randperm(n, device=self.x.device, generator=self.generator) if self.shuffle else None
+        for i in range(len(self)):
+            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            if order is not None:
+                idx = order[idx]
+            x, y = self.x[idx], self.y[idx]
+            x = augment_batch(x, self.generator, self.policy)
+            if self.mixers is not None:
+                # One host-side draw per batch (CPU generator, no GPU sync): mix this batch or not, and how.
+                draw = torch.rand(2, generator=self.host_generator).tolist()
+                if draw[0] < self.mix_prob:
+                    x, y = self.mixers[int(draw[1] < 0.5)](x, y)
+            yield normalize(x, self.mean, self.std), y
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "host_generator": self.host_generator.get_state()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.generator.set_state(s["generator"])
+        self.host_generator.set_state(s["host_generator"])
+
+
+# ---- the article's classic pipeline: PIL transforms in DataLoader worker processes ----
+
+def classic_transforms():
+    """The article's (train, test) transforms."""
+    from torchvision import transforms
+
+    norm = transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)
+    test = transforms.Compose([transforms.ToTensor(), norm])
+    train = transforms.Compose([
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomResizedCrop((32, 32), scale=(0.8, 1.0), ratio=(0.9, 1.1)),
+        transforms.ToTensor(),
+        norm,
+    ])
+    return train, test
+
+
+class TensorImageDataset(torch.utils.data.Dataset):
+    """uint8 (N, C, H, W) images served as PIL images through a transform, as torchvision's CIFAR10 does."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = Image.fromarray(self.x[i].permute(1, 2, 0).numpy())  # (C,H,W)->(H,W,C)
+        return (self.transform(img) if self.transform else img), int(self.y[i])
+
+
+def classic_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, train: bool, num_workers: int = 4, seed: int = 0):
+    """A DataLoader with the article's transforms; `train` picks augmentation, shuffling and drop_last."""
+    train_tf, test_tf = classic_transforms()
+    ds = TensorImageDataset(x, y, train_tf if train else test_tf)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=num_workers,
+                                       generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+
+
+def rotate90(data: ImageData) -> ImageData:
+    """Every image turned 90 degrees counter-clockwise: a camera mounted sideways."""
+    rot = lambda x: torch.rot90(x, 1, dims=(2, 3))  # (N, C, H, W), rotating the H, W plane
+    return ImageData(rot(data.train_x), data.train_y, rot(data.test_x), data.test_y, data.classes, f"{data.source}, rotated 90 degrees")
+
+
+FINETUNE_TASKS = ("cifar10-rot90", "cifar100")
+
+
+def load_task(name: str) -> ImageData:
+    """A fine-tuning task: 'cifar10-rot90' (offline, derived from CIFAR-10) or 'cifar100' (torchvision download)."""
+    if name == "cifar10-rot90":
+        return rotate90(load_cifar10())
+    if name == "cifar100":
+        return load_torchvision_dataset("CIFAR100")
+    raise ValueError(f"unknown task {name!r}; choose one of {FINETUNE_TASKS}")

@@ -1,0 +1,154 @@
+"""Figures for the notebooks. Each function draws one thing and returns its matplotlib Figure."""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+from .data import CIFAR10_CLASSES
+
+
+def _img(x: torch.Tensor):
+    """uint8 or [0, 1] float (C, H, W) -> (H, W, C) for imshow."""
+    x = x.detach().cpu()
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    return x.clamp(0, 1).permute(1, 2, 0).numpy()  # (C,H,W)->(H,W,C)
+
+
+def show_images(images: torch.Tensor, titles=None, ncols: int = 8, size: float = 1.4):
+    n = len(images)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.3)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(_img(images[i]))
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def show_patch_grid(image: torch.Tensor, patch_size: int, size: float = 3.0):
+    """One image cut into its patches, drawn with gaps so the grid is visible."""
+    from .patching import img_to_patch
+
+    x = image.unsqueeze(0)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x
+    patches = img_to_patch(x, patch_size, flatten_channels=False)[0]  # (N, C, P, P)
+    g = image.shape[-1] // patch_size
+    fig, axes = plt.subplots(g, g, figsize=(size, size))
+    for ax, p in zip(axes.flat, patches):
+        ax.imshow(_img(p))
+        ax.axis("off")
+    fig.subplots_adjust(wspace=0.08, hspace=0.08)
+    return fig
+
+
+def plot_history(history: list[dict], title: str = ""):
+    """Loss, accuracy and learning rate per epoch."""
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(ep, [h["train_loss"] for h in history], label="train")
+    axes[0].plot(ep, [h["val_loss"] for h in history], label="validation")
+    axes[0].set(title="loss", xlabel="epoch")
+    axes[1].plot(ep, [h["train_acc"] for h in history], label="train")
+    axes[1].plot(ep, [h["val_acc"] for h in history], label="validation")
+    axes[1].set(title="accuracy", xlabel="epoch", ylim=(0, 1))
+    axes[2].plot(ep, [h["lr"] for h in history])
+    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    for ax in axes[:2]:
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(cm: torch.Tensor, classes=CIFAR10_CLASSES):
+    cmn = cm.double() / cm.sum(1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(cmn.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (row-normalised)")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if cmn[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_heads(image: torch.Tensor, cls_attn: torch.Tensor, size: float = 1.6):
+    """The image, then the [CLS] token's attention over the patches for each head. cls_attn: (H, g, g)."""
+    H = cls_attn.shape[0]
+    fig, axes = plt.subplots(1, H + 1, figsize=((H + 1) * size, size + 0.4))
+    axes[0].imshow(_img(image))
+    axes[0].set_title("image", fontsize=8)
+    for h in range(H):
+        axes[h + 1].imshow(cls_attn[h].cpu().numpy(), cmap="inferno")
+        axes[h + 1].set_title(f"head {h}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rollout(images: torch.Tensor, masks: torch.Tensor, titles=None, size: float = 1.6):
+    """Images on the top row, the rollout mask (g, g) over each image below."""
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(n * size, 2 * size + 0.5), squeeze=False)
+    for i in range(n):
+        img = _img(images[i])
+        m = torch.nn.functional.interpolate(masks[i][None, None].float(), size=img.shape[:2], mode="bilinear")[0, 0]
+        m = (m - m.min()) / (m.max() - m.min() + 1e-12)
+        axes[0, i].imshow(img)
+        axes[1, i].imshow(img)
+        axes[1, i].imshow(m.numpy(), cmap="jet", alpha=0.5)
+        if titles is not None:
+            axes[0, i].set_title(titles[i], fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_mean_attention_distance(distances: torch.Tensor, patch_size: int):
+    """distances: (L, H) in pixels; one dot per head, as in the ViT paper's figure 7."""
+    L, H = distances.shape
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for h in range(H):
+        ax.scatter(range(1, L + 1), distances[:, h].numpy(), s=14, label=f"head {h}")
+    ax.set(xlabel="layer", ylabel="mean attention distance (pixels)", title=f"attention distance per head (patch {patch_size}px)")
+    ax.set_xticks(range(1, L + 1))
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pos_embedding_similarity(sim: torch.Tensor, size: float = 0.8):
+    """sim: (g, g, g, g); tile (i, j) shows the similarity of position (i, j) to all positions."""
+    g = sim.shape[0]
+    fig, axes = plt.subplots(g, g, figsize=(g * size, g * size))
+    for i in range(g):
+        for j in range(g):
+            axes[i, j].imshow(sim[i, j].numpy(), cmap="viridis", vmin=-1, vmax=1)
+            axes[i, j].axis("off")
+    fig.suptitle("cosine similarity of position embeddings", fontsize=10)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return fig
+
+
+def plot_reliability(bins: dict, ece: float):
+    """Reliability diagram: accuracy per confidence bin against the diagonal."""
+    edges = bins["edges"].numpy()
+    width = edges[1] - edges[0]
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    has = bins["count"].numpy() > 0
+    ax.bar(edges[:-1][has], bins["accuracy"].numpy()[has], width=width, align="edge", edgecolor="k", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set(xlabel="confidence", ylabel="accuracy", title=f"reliability (ECE = {ece:.3f})", xlim=(0, 1), ylim=(0, 1))
+    ax.legend()
+    fig.tight_layout()
+    return fig
