@@ -56,7 +56,7 @@ def test_ece_zero_for_perfect_calibration():
     # 80% confident and 80% right, 50% confident and 50% right
     conf = torch.tensor([0.8] * 10 + [0.5] * 10)
     correct = torch.tensor([1] * 8 + [0] * 2 + [1] * 5 + [0] * 5)
-    assert A.expected_calibration_error(conf, correct, n_bins=10) == pytest.approx(0.0, abs=1e-12)
+    assert A.expected_calibration_error(conf, correct, n_bins=10) == pytest.approx(0.0, abs=1e-6)  # float32 0.8 is 0.80000001
     assert A.expected_calibration_error(torch.ones(4), torch.tensor([1, 0, 0, 0]), n_bins=10) == pytest.approx(0.75)
 
 

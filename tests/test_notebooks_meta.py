@@ -26,7 +26,12 @@ def cells(nb) -> list[tuple[str, str]]:
 def twin_disagreements(ipynb: Path, py: Path) -> list[str]:
     """Where the notebook's cells differ from its twin's, read through jupytext (no mtimes)."""
     a, b = cells(nbformat.read(ipynb, as_version=4)), cells(jupytext.read(py))
-    problems = [f"cell {i}: notebook {x!r:.80} != twin {y!r:.80}" for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    problems = []
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            first = next((k for k, (l1, l2) in enumerate(zip(x[1].splitlines(), y[1].splitlines())) if l1 != l2), None)
+            where = "" if first is None else f" line {first + 1}: {x[1].splitlines()[first]!r} vs {y[1].splitlines()[first]!r}"
+            problems.append(f"cell {i} ({x[0]} vs {y[0]}){where}")
     if len(a) != len(b):
         problems.append(f"{len(a)} cells in the notebook, {len(b)} in the twin")
     return problems
