@@ -314,7 +314,7 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir
         if improved:
             result.best_val_acc, result.best_epoch = val_acc, epoch + 1
         bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", lr=f"{lr:.1e}",
-                        img_s=f"{record['images_per_s']:,.0f}")
+                        img_s=f"{record['images_per_s']:,.0f}", refresh=False)  # the bar redraws on its own clock
         if progress and ((epoch + 1) % cfg.log_every == 0 or epoch + 1 == cfg.epochs):
             tqdm.write(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train_loss:.3f} acc {record['train_acc']:.3f}  "
                        f"val loss {val_loss:.3f} acc {val_acc:.3f}  lr {lr:.2e}  {record['images_per_s']:,.0f} img/s")

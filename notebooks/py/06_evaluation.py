@@ -110,7 +110,8 @@ fig = plots.show_images(data.test_x[show], titles, ncols=8, size=1.5)
 # patches, per head:
 
 # %%
-idx = torch.tensor([3, 10, 21, 33])
+# one image each of four classes (a folder copy lists the test set class by class, so no slicing)
+idx = torch.stack([(data.test_y == c).nonzero()[3, 0] for c in (0, 3, 5, 8)])
 x = to_model_input(data.test_x[idx]).to(device)
 maps = model.attention_maps(x).float().cpu()  # (L, B, H, T, T)
 g = args.grid_size
@@ -137,7 +138,8 @@ fig = plots.plot_rollout(data.test_x[idx], masks, [CIFAR10_CLASSES[int(data.test
 # heads look far even in the first layer, while others stay local, like convolutions.
 
 # %%
-batch = to_model_input(data.test_x[:256]).to(device)
+sample = torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(0))[:256]  # all classes
+batch = to_model_input(data.test_x[sample]).to(device)
 all_maps = model.attention_maps(batch).float().cpu()
 dist = analysis.mean_attention_distance(all_maps, g, args.patch_size)  # (L, H)
 fig = plots.plot_mean_attention_distance(dist, args.patch_size)
