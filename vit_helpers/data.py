@@ -121,12 +121,13 @@ def _download(name: str = "CIFAR10") -> ImageData:
 
 def load_cifar10(data_dir: str | os.PathLike | None = None, cache: bool = True) -> ImageData:
     """CIFAR-10 as uint8 tensors, from `data_dir`, else $VIT_DATA_DIR, else torchvision's download."""
+    origin = "data_dir" if data_dir else DATA_DIR_ENV
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
     if data_dir is None:
         return _download("CIFAR10")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise _missing_data_error(FileNotFoundError(f"{root} (from {'data_dir' if data_dir else DATA_DIR_ENV}) is not a folder"))
+        raise _missing_data_error(FileNotFoundError(f"{root} (from {origin}) is not a folder"))
     cache_file = paths.cache_dir() / f"images-{_folder_key(root)}.pt"
     if cache and cache_file.is_file():
         d = torch.load(cache_file, weights_only=True)
