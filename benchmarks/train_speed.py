@@ -57,8 +57,9 @@ def time_to(history: list[dict], threshold: float) -> float | None:
 
 
 def run(name: str, data, device, epochs: int | None, tiny: bool, save_weights: Path | None, overrides: dict | None = None,
-        log: bool = False) -> dict:
+        log: bool = False, model_overrides: dict | None = None) -> dict:
     args, cfg = recipe(name)
+    args = args.replace(**(model_overrides or {}))
     changes = {"epochs": epochs} if epochs else {}
     changes.update(overrides or {})
     if tiny:
@@ -131,6 +132,20 @@ def environment(device: torch.device, peak: float | None) -> str:
     return "; ".join(parts) + f"; date {time.strftime('%Y-%m-%d')}"
 
 
+def parse_settings(items: list[str]) -> dict:
+    """['lr=0.001', 'augment="none"'] -> {'lr': 0.001, 'augment': 'none'} (values are JSON; bare words are strings)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"expected FIELD=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value) if value not in ("", "None") else None
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", default="article,fast,large", help="comma-separated recipe names")
@@ -141,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a TrainConfig field of the non-article recipes, e.g. --set mix_prob=0")
+    p.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a ModelArgs field of the non-article recipes, e.g. --model-set drop_path=0.1")
     p.add_argument("--log", action="store_true", help="print the training progress")
     p.add_argument("--save-weights", type=Path, default=None, help="save the fast recipe's trained model here")
     a = p.parse_args(argv)
@@ -156,18 +173,16 @@ def main(argv=None) -> int:
         data = load_cifar10()
     if a.tiny:
         data.test_x, data.test_y = data.test_x[:256], data.test_y[:256]
-    overrides = {}
-    for item in a.set:
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value not in ("", "None") else None
+    overrides, model_overrides = parse_settings(a.set), parse_settings(a.model_set)
     peak = matmul_tflops(device)
     rows = []
     for name in a.recipes.split(","):
         epochs = a.article_epochs if name == "article" else a.epochs
         print(f"== {name} ==", flush=True)
+        plain = name == "article"  # the article's recipe always runs as published
         rows.append(run(name, data, device, epochs, a.tiny, a.save_weights if name == "fast" else None,
-                        None if name == "article" else overrides, a.log))
-        rows[-1]["overrides"] = overrides if name != "article" else {}
+                        None if plain else overrides, a.log, None if plain else model_overrides))
+        rows[-1]["overrides"] = {} if plain else {**overrides, **{f"model.{k}": v for k, v in model_overrides.items()}}
         r = rows[-1]
         print(f"{name}: test acc {r['test_acc']:.4f} after {r['epochs']} epochs, {r['train_seconds']:.1f} s training, "
               f"{r['images_per_s']:,.0f} img/s, to 90%: {fmt(r['time_to_90'])} s", flush=True)

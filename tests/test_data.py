@@ -93,6 +93,85 @@ def test_gpu_batches_mixup_gives_soft_labels():
     torch.testing.assert_close(yb.sum(-1), torch.ones(16))
 
 
+def test_gpu_batches_soft_labels_for_every_batch_when_mixing():
+    # Unmixed batches get one-hot targets too, so the compiled step sees one kind of target.
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    y = torch.randint(0, 5, (64,))
+    b = D.GPUBatches(x, y, 16, shuffle=True, drop_last=True, policy="none", mix_prob=1e-9, n_classes=5)
+    for xb, yb in b:
+        assert yb.shape == (16, 5)
+        assert torch.equal(yb.sum(-1), torch.ones(16)) and torch.equal(yb.max(-1).values, torch.ones(16))
+
+
+def test_augment_from_draws_is_a_function_of_the_draws():
+    from vit_helpers.augment import augment_from_draws, draw
+
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    u = draw(8, torch.Generator().manual_seed(3))
+    assert torch.equal(augment_from_draws(x, u), augment_from_draws(x, u.clone()))
+    assert torch.equal(augment_from_draws(x, u), augment_batch(x, torch.Generator().manual_seed(3)))
+    # draws in [0.5, 1) for the flip column never flip, [0, 0.5) always do (crop off, identity op)
+    u = torch.zeros(8, u.shape[1])
+    u[:, 4:6] = 0.5  # shift 0
+    keep = augment_from_draws(x, u.index_fill(1, torch.tensor([3]), 0.9), "crop_flip")
+    flip = augment_from_draws(x, u, "crop_flip")
+    torch.testing.assert_close(keep, x.float() / 255)
+    torch.testing.assert_close(flip, x.flip(-1).float() / 255)
+
+
+def test_erase_mask_one_rectangle_in_bounds_for_the_chosen_images():
+    from vit_helpers.augment import draw, erase_mask
+
+    u = draw(2000, torch.Generator().manual_seed(0))
+    m = erase_mask(u, 32, 32, prob=0.25)
+    assert m.shape == (2000, 1, 32, 32) and m.dtype == torch.bool
+    chosen = u[:, 6] < 0.25
+    assert not m[~chosen].any() and m[chosen].flatten(1).any(1).all()
+    frac = m[chosen].float().mean((1, 2, 3))
+    assert frac.min() >= 0.5 / 1024 and frac.max() <= 0.45  # about 2%-33% of the image, after rounding
+    # each mask is one axis-aligned rectangle: its area is rows x columns it touches
+    mc = m[chosen, 0]
+    rows, cols = mc.any(2).sum(1), mc.any(1).sum(1)
+    assert torch.equal(mc.sum((1, 2)), rows * cols)
+    assert 0.2 < chosen.float().mean() < 0.3
+
+
+def test_gpu_batches_erasing_fills_the_mean_colour():
+    x = torch.full((32, 3, 16, 16), 200, dtype=torch.uint8)
+    y = torch.zeros(32, dtype=torch.long)
+    b = D.GPUBatches(x, y, 32, shuffle=True, drop_last=True, policy="none", erase_prob=1.0)
+    xb, _ = next(iter(b))
+    zero = (xb == 0).all(1)  # normalised 0 = the dataset mean, in every channel
+    assert zero.flatten(1).any(1).all()  # every image has an erased patch
+    kept = D.normalize(torch.full((1, 3, 1, 1), 200 / 255))
+    torch.testing.assert_close(torch.where(zero.unsqueeze(1), kept, xb), kept.expand_as(xb))  # the rest untouched
+
+
+def test_repeated_augmentation_batches():
+    x = torch.arange(48, dtype=torch.uint8).view(48, 1, 1, 1).expand(48, 3, 8, 8).contiguous()
+    y = torch.arange(48)
+    b = D.GPUBatches(x, y, 12, shuffle=True, drop_last=True, policy="crop_flip", repeats=3)
+    assert len(b) == 4
+    seen = []
+    for xb, yb in b:
+        labels = yb.tolist()
+        assert all(labels[i] == labels[i + 1] == labels[i + 2] for i in range(0, 12, 3))  # copies sit together
+        assert len(set(labels)) == 4
+        seen += labels[::3]
+        assert not torch.equal(xb[0], xb[1]) or not torch.equal(xb[1], xb[2])  # augmented separately
+    assert len(set(seen)) == 16  # 48 / 3 distinct images per epoch, none twice
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"repeats": 5}, "repeats"), ({"repeats": 2, "shuffle": False}, "shuffle"), ({"erase_prob": 1.5}, "erase_prob"),
+    ({"policy": "autoaugment"}, "policy"), ({"batch_size": 0}, "batch_size"),
+])
+def test_gpu_batches_rejects_bad_settings(kwargs, match):
+    args = {"batch_size": 12, "shuffle": True, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        D.GPUBatches(torch.zeros(24, 3, 8, 8, dtype=torch.uint8), torch.zeros(24, dtype=torch.long), args.pop("batch_size"), **args)
+
+
 def test_folder_source_reads_and_caches(tmp_path, monkeypatch):
     from PIL import Image
 

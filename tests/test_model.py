@@ -184,3 +184,23 @@ def test_no_silent_truncation_of_positions():
     model = VisionTransformer(ModelArgs(n_layers=1, image_size=32))
     with pytest.raises(ValueError, match="positional embedding"):
         model(torch.randn(1, 3, 16, 16))  # the article would have sliced pos_embedding[:, :17] silently
+
+
+def test_drop_path_rates_and_behaviour(tiny_args):
+    from vit_helpers.block import DropPath
+
+    model = VisionTransformer(tiny_args.replace(n_layers=3, drop_path=0.2))
+    assert [b.drop_path.p for b in model.transformer] == pytest.approx([0.0, 0.1, 0.2])
+    assert count_parameters(model) == count_parameters(VisionTransformer(tiny_args.replace(n_layers=3)))
+    x = torch.randn(4, 3, 16, 16)
+    plain = VisionTransformer(tiny_args.replace(n_layers=3))
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model.eval()(x), plain.eval()(x))  # no effect at evaluation
+    assert not torch.allclose(model.train()(x), plain.train()(x))  # but it acts while training
+    d = DropPath(0.5).train()
+    torch.manual_seed(0)
+    out = d(torch.ones(1000, 5, 7))
+    per_image = out.flatten(1)
+    assert ((per_image == 0).all(1) | (per_image == 2).all(1)).all()  # whole images dropped, kept ones scaled by 2
+    assert 0.4 < (per_image[:, 0] == 0).float().mean() < 0.6
+    assert torch.equal(DropPath(0.5).eval()(torch.ones(3, 2)), torch.ones(3, 2))

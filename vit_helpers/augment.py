@@ -5,7 +5,10 @@ random, at a random strength. torchvision's TrivialAugmentWide applies one draw 
 tensor, so the per-image version is written here in vectorised form: every colour operation is
 computed for the whole batch and each image keeps its own; all geometric operations (TrivialAugment's
 rotate/shear/translate, the random crop with padding, and the flip) are folded into one affine matrix
-per image and applied in a single `grid_sample`.
+per image and applied in a single `grid_sample`. Random Erasing is an optional extra (`erase_mask`).
+
+All randomness comes in as one tensor of uniform draws per batch (`draw`), so the augmentation itself
+is a pure function (`augment_from_draws`) that torch.compile can fuse into a few kernels.
 """
 from __future__ import annotations
 
@@ -24,14 +27,6 @@ MAX_ROTATE_DEG = 30.0
 MAX_SHEAR = 0.3
 MAX_TRANSLATE = 0.3  # fraction of the image side
 MAX_FACTOR = 0.9  # brightness/contrast/color/sharpness factor in [0.1, 1.9]
-
-
-def _rand(n: int, g: torch.Generator | None, device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device)
-
-
-def _sign(n: int, g, device) -> torch.Tensor:
-    return torch.randint(0, 2, (n,), generator=g, device=device).float() * 2 - 1
 
 
 def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -69,17 +64,17 @@ def color_ops(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor, sign: torch.
 
 
 def affine_matrices(
-    n: int, g, device, *, pad: int = 0, flip: bool = False, size: int = 32,
+    n: int, device, *, flip: torch.Tensor | None = None, shift: torch.Tensor | None = None, size: int = 32,
     geo_op: torch.Tensor | None = None, mag: torch.Tensor | None = None, sign: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One (2, 3) matrix per image for `F.affine_grid`, in normalised coordinates ([-1, 1] spans the image).
 
-    Combines a random shift of up to `pad` whole pixels (= random crop of the zero-padded image),
-    a horizontal flip with probability 1/2, and the geometric TrivialAugment op given by `geo_op`
-    (-1 for none; else an index into GEOMETRIC_OPS) with strength `mag`.
+    Combines the geometric TrivialAugment op `geo_op` (-1 for none; else an index into GEOMETRIC_OPS)
+    with strength `mag` and direction `sign`, then a horizontal flip where `flip` (bool, per image) is
+    true, then a shift by `shift` (n, 2) whole pixels (= a random crop of the zero-padded image).
     """
-    eye = torch.eye(3, device=device).expand(n, 3, 3).clone()
-    m = eye.clone()
+    eye = torch.eye(3, device=device).expand(n, 3, 3)
+    m = eye
     if geo_op is not None:
         s = mag * sign
         ang = torch.deg2rad(MAX_ROTATE_DEG * s)
@@ -92,16 +87,70 @@ def affine_matrices(
         try_[:, 1, 2] = 2 * MAX_TRANSLATE * s
         for k, mat in enumerate((rot, shx, shy, trx, try_)):
             m = torch.where((geo_op == k).view(-1, 1, 1), mat, m)
-    if flip:
+    if flip is not None:
         f = eye.clone()
-        f[:, 0, 0] = torch.where(_rand(n, g, device) < 0.5, -1.0, 1.0)
+        f[:, 0, 0] = torch.where(flip, -1.0, 1.0)
         m = f @ m
-    if pad:
-        shift = torch.randint(-pad, pad + 1, (n, 2), generator=g, device=device).float()
+    if shift is not None:
         t = eye.clone()
         t[:, :2, 2] = shift * 2 / size  # whole pixels, so bilinear sampling copies pixels exactly
         m = t @ m
     return m[:, :2]
+
+
+# Columns of the uniform draws each image gets (one `torch.rand(B, N_DRAWS)` per batch): drawing
+# everything at once keeps the augmentation itself a pure function, which torch.compile fuses into a
+# few kernels instead of about a hundred small ones.
+N_DRAWS = 11
+POLICIES = ("none", "crop_flip", "trivial")
+
+
+def draw(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """The random numbers for `n` images: uniform in [0, 1), shape (n, N_DRAWS)."""
+    return torch.rand(n, N_DRAWS, generator=generator, device=device)
+
+
+def augment_from_draws(x: torch.Tensor, u: torch.Tensor, policy: str = "trivial", pad: int = 4) -> torch.Tensor:
+    """uint8 images (B, C, H, W) and their draws `u` (B, N_DRAWS) -> augmented float images in [0, 1].
+
+    Columns of u: 0 operation, 1 strength, 2 sign, 3 flip, 4-5 shift; 6-10 belong to `erase_mask`.
+    """
+    B, C, H, W = x.shape
+    out = x.float() / 255
+    if policy == "none":
+        return out
+    geo_op = mag = sign = None
+    if policy == "trivial":
+        op = (u[:, 0] * len(TRIVIAL_OPS)).long().clamp_max(len(TRIVIAL_OPS) - 1)
+        mag = u[:, 1]
+        sign = torch.where(u[:, 2] < 0.5, -1.0, 1.0)
+        out = color_ops(out, op, mag, sign)
+        geo_op = torch.where(op >= len(COLOR_OPS), op - len(COLOR_OPS), -1)
+    flip = u[:, 3] < 0.5
+    shift = torch.floor(u[:, 4:6] * (2 * pad + 1)) - pad  # whole pixels in [-pad, pad]
+    theta = affine_matrices(B, u.device, flip=flip, shift=shift, size=W, geo_op=geo_op, mag=mag, sign=sign)
+    grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
+    return F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp(0, 1)
+
+
+def erase_mask(u: torch.Tensor, height: int, width: int, prob: float) -> torch.Tensor:
+    """Random Erasing (Zhong et al., 2020, arXiv:1708.04896): a bool mask (B, 1, H, W) of one rectangle
+    per image, for a fraction `prob` of the images (no rectangle for the others).
+
+    The rectangle covers 2%-33% of the image, aspect ratio 0.3-3.3 (log-uniform), at a uniform
+    position; `u` holds the draws (B, N_DRAWS), columns 6-10.
+    """
+    area = (0.02 + (1 / 3 - 0.02) * u[:, 7]) * height * width
+    ratio = torch.exp(math.log(0.3) + 2 * math.log(1 / 0.3) * u[:, 8])
+    eh = torch.sqrt(area * ratio).round().clamp(1, height)
+    ew = torch.sqrt(area / ratio).round().clamp(1, width)
+    y0 = torch.floor(u[:, 9] * (height - eh + 1))
+    x0 = torch.floor(u[:, 10] * (width - ew + 1))
+    rows = torch.arange(height, device=u.device).view(1, -1, 1)
+    cols = torch.arange(width, device=u.device).view(1, 1, -1)
+    inside = ((rows >= y0.view(-1, 1, 1)) & (rows < (y0 + eh).view(-1, 1, 1))
+              & (cols >= x0.view(-1, 1, 1)) & (cols < (x0 + ew).view(-1, 1, 1)))
+    return (inside & (u[:, 6] < prob).view(-1, 1, 1)).unsqueeze(1)
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, policy: str = "trivial", pad: int = 4) -> torch.Tensor:
@@ -110,21 +159,13 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pol
     policy: "none" (only convert), "crop_flip" (random crop with `pad` zero padding, and flip),
     or "trivial" (crop_flip plus one TrivialAugment operation per image).
     """
-    if x.dtype != torch.uint8 or x.dim() != 4:
-        raise TypeError(f"augment_batch expects uint8 images (B, C, H, W), got {x.dtype} of shape {tuple(x.shape)}")
-    if policy not in ("none", "crop_flip", "trivial"):
-        raise ValueError(f"unknown augmentation policy {policy!r}; use 'none', 'crop_flip' or 'trivial'")
-    B, C, H, W = x.shape
-    out = x.float() / 255
-    if policy == "none":
-        return out
-    geo_op = mag = sign = None
-    if policy == "trivial":
-        op = torch.randint(0, len(TRIVIAL_OPS), (B,), generator=generator, device=x.device)
-        mag = _rand(B, generator, x.device)
-        sign = _sign(B, generator, x.device)
-        out = color_ops(out, op, mag, sign)
-        geo_op = torch.where(op >= len(COLOR_OPS), op - len(COLOR_OPS), -1)
-    theta = affine_matrices(B, generator, x.device, pad=pad, flip=True, size=W, geo_op=geo_op, mag=mag, sign=sign)
-    grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
-    return F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(0, 1)
+    check_images(x, policy)
+    return augment_from_draws(x, draw(len(x), generator, x.device), policy, pad)
+
+
+def check_images(x: torch.Tensor, policy: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
+        raise TypeError(f"augmentation expects uint8 images (B, C, H, W), got {getattr(x, 'dtype', type(x).__name__)} "
+                        f"of shape {tuple(getattr(x, 'shape', ()))}; convert with (x * 255).round().to(torch.uint8)")
+    if policy not in POLICIES:
+        raise ValueError(f"unknown augmentation policy {policy!r}; use one of {POLICIES}")

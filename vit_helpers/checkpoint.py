@@ -10,8 +10,8 @@ import torch
 from .config import ModelArgs
 from .model import VisionTransformer
 
-# Fields that change the weights' shapes or meaning. Dropout is a training-time knob: the same
-# weights run with any dropout rate, so a checkpoint trained with another rate still loads.
+# Fields that change the weights' shapes or meaning. Dropout and drop_path are training-time knobs:
+# the same weights run with any rate, so a checkpoint trained with another rate still loads.
 ARCHITECTURE_FIELDS = ("dim", "hidden_dim", "n_heads", "n_layers", "patch_size", "n_channels", "image_size", "n_classes")
 
 

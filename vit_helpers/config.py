@@ -15,6 +15,7 @@ class ModelArgs:
     image_size: int = 32  # side of the square input image; the article hard-coded n_patches=64 instead
     n_classes: int = 10  # output classes
     dropout: float = 0.2  # dropout after the embeddings and inside the MLP
+    drop_path: float = 0.0  # stochastic depth while training: chance a block's branch is skipped per image (0 at the first block, rising to this at the last)
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden_dim", "n_heads", "n_layers", "patch_size", "n_channels", "image_size", "n_classes"):
@@ -31,8 +32,9 @@ class ModelArgs:
                 f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}: "
                 f"patches must tile the image exactly (try a patch size that divides {self.image_size})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     @property
     def grid_size(self) -> int:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import paths
-from .augment import augment_batch
+from .augment import POLICIES, augment_from_draws, check_images, draw, erase_mask
 
 DATA_DIR_ENV = "VIT_DATA_DIR"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -174,47 +175,80 @@ def to_model_input(x_uint8: torch.Tensor) -> torch.Tensor:
 class GPUBatches:
     """Shuffled mini-batches from uint8 images that live on one device, augmented there.
 
-    Yields (inputs, targets): normalised float images, and int labels or (with MixUp/CutMix) soft
-    labels (B, n_classes). All randomness comes from `generator`, so a run can be resumed exactly.
+    Yields (inputs, targets): normalised float images, and int labels or, when mix_prob > 0, soft
+    labels (B, n_classes) for every batch (one-hot where a batch is not mixed). All randomness comes from `generator` (and, for MixUp/CutMix, a host
+    generator and torch's global one), so a run can be resumed exactly.
+
+    policy: "none", "crop_flip" or "trivial" (see `augment.augment_batch`).
+    erase_prob: chance an image gets a Random Erasing rectangle (filled with the mean colour).
+    repeats: repeated augmentation (Hoffer et al., 2020): each batch holds batch_size / repeats
+        distinct images, each `repeats` times with its own augmentation; an epoch still has as many
+        images as the data.
+    compile: torch.compile the augmentation (a CUDA device only; several times faster there).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, device=None, shuffle: bool = False,
                  drop_last: bool = False, policy: str = "none", mix_prob: float = 0.0, n_classes: int = 10,
-                 mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, seed: int = 0):
+                 mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, seed: int = 0, erase_prob: float = 0.0,
+                 repeats: int = 1, compile: bool = False):
         device = torch.device(device or x.device)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not isinstance(repeats, int) or repeats < 1 or batch_size % repeats:
+            raise ValueError(f"repeats must be a positive integer that divides batch_size={batch_size}, got {repeats!r}")
+        if repeats > 1 and not shuffle:
+            raise ValueError("repeats > 1 needs shuffle=True: repeated augmentation is for training batches")
+        if not 0.0 <= erase_prob <= 1.0 or not 0.0 <= mix_prob <= 1.0:
+            raise ValueError(f"erase_prob and mix_prob are probabilities in [0, 1], got {erase_prob} and {mix_prob}")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown augmentation policy {policy!r}; use one of {POLICIES}")
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.policy, self.mix_prob = policy, mix_prob
+        self.policy, self.mix_prob, self.erase_prob, self.repeats = policy, mix_prob, erase_prob, repeats
+        self.n_classes = n_classes
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.host_generator = torch.Generator().manual_seed(seed + 1)  # per-batch MixUp/CutMix draws
         # Made once: a host-to-device copy per batch would stall the CPU until the GPU caught up.
-        self.mean = torch.tensor(CIFAR10_MEAN, device=device)
-        self.std = torch.tensor(CIFAR10_STD, device=device)
+        self.mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(CIFAR10_STD, device=device).view(1, -1, 1, 1)
+        self.transform = _transform
+        if compile and device.type == "cuda":
+            # Fixed shapes (drop_last batches): compiled once; static settings are baked in.
+            self.transform = torch.compile(_transform, dynamic=False)
         self.mixers = None
         if mix_prob > 0:
             from torchvision.transforms import v2
 
             self.mixers = (v2.MixUp(alpha=mixup_alpha, num_classes=n_classes), v2.CutMix(alpha=cutmix_alpha, num_classes=n_classes))
 
+    def _n_used(self) -> int:
+        return len(self.x) // self.repeats * self.repeats
+
     def __len__(self) -> int:
-        n = len(self.x)
+        n = self._n_used()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        n = len(self.x)
-        order = torch.randperm(n, device=self.x.device, generator=self.generator) if self.shuffle else None
+        order = None
+        if self.shuffle:
+            order = torch.randperm(len(self.x), device=self.x.device, generator=self.generator)
+            if self.repeats > 1:  # n / repeats distinct images, each repeated next to itself
+                order = order[: len(self.x) // self.repeats].repeat_interleave(self.repeats)
         for i in range(len(self)):
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if order is not None:
                 idx = order[idx]
             x, y = self.x[idx], self.y[idx]
-            x = augment_batch(x, self.generator, self.policy)
+            u = draw(len(x), self.generator, x.device) if self.policy != "none" or self.erase_prob > 0 else None
+            x = self.transform(x, u, self.mean, self.std, self.policy, self.erase_prob)
             if self.mixers is not None:
                 # One host-side draw per batch (CPU generator, no GPU sync): mix this batch or not, and how.
-                draw = torch.rand(2, generator=self.host_generator).tolist()
-                if draw[0] < self.mix_prob:
-                    x, y = self.mixers[int(draw[1] < 0.5)](x, y)
-            yield normalize(x, self.mean, self.std), y
+                d = torch.rand(2, generator=self.host_generator).tolist()
+                if d[0] < self.mix_prob:
+                    x, y = self.mixers[int(d[1] < 0.5)](x, y)  # mixing commutes with the per-channel normalisation
+                else:  # soft labels for every batch: one kind of target, so one compiled graph
+                    y = F.one_hot(y, self.n_classes).float()
+            yield x, y
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "host_generator": self.host_generator.get_state()}
@@ -222,6 +256,17 @@ class GPUBatches:
     def load_state_dict(self, s: dict) -> None:
         self.generator.set_state(s["generator"])
         self.host_generator.set_state(s["host_generator"])
+
+
+def _transform(x: torch.Tensor, u: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor, policy: str,
+               erase_prob: float) -> torch.Tensor:
+    """uint8 batch -> augmented, normalised, optionally erased (erased pixels become 0, the mean colour)."""
+    check_images(x, policy)
+    out = x.float() / 255 if u is None else augment_from_draws(x, u, policy)
+    out = (out - mean) / std
+    if erase_prob > 0:
+        out = out.masked_fill(erase_mask(u, x.shape[-2], x.shape[-1], erase_prob), 0.0)
+    return out
 
 
 # ---- the article's classic pipeline: PIL transforms in DataLoader worker processes ----

@@ -20,7 +20,9 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, args.dim))
         self.pos_embedding = nn.Parameter(torch.zeros(1, 1 + args.n_patches, args.dim))
         self.dropout = nn.Dropout(args.dropout)
-        self.transformer = nn.ModuleList(AttentionBlock(args) for _ in range(args.n_layers))
+        # Stochastic depth grows linearly with depth (DeiT's rule): early blocks are kept more often.
+        rates = [args.drop_path * i / max(1, args.n_layers - 1) for i in range(args.n_layers)]
+        self.transformer = nn.ModuleList(AttentionBlock(args, rate) for rate in rates)
         self.norm = nn.LayerNorm(args.dim)  # the article's mlp[0]
         self.head = nn.Linear(args.dim, args.n_classes)  # the article's mlp[1]
         self.reset_parameters()

@@ -41,6 +41,8 @@ class TrainConfig:
     pipeline: str = "classic"  # "classic" (PIL + DataLoader) or "gpu" (uint8 tensors augmented on the device)
     augment: str = "trivial"  # gpu pipeline: "none", "crop_flip" or "trivial"
     mix_prob: float = 0.0  # gpu pipeline: chance a batch gets MixUp or CutMix
+    erase_prob: float = 0.0  # gpu pipeline: chance an image gets a Random Erasing rectangle
+    repeats: int = 1  # gpu pipeline: repeated augmentation, copies of each image per batch (each augmented on its own)
     precision: str = "fp32"  # "fp32", or "auto": bf16 autocast where supported, fp16 + GradScaler on older GPUs
     compile: bool = False  # torch.compile the model (GPU only)
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" replays CUDA graphs, cutting launch overhead
@@ -144,7 +146,8 @@ def make_batches(data: ImageData, cfg: TrainConfig, device: torch.device, n_clas
     if cfg.pipeline != "gpu":
         raise ValueError(f"unknown pipeline {cfg.pipeline!r}; use 'classic' or 'gpu'")
     train = GPUBatches(tx, ty, cfg.batch_size, device=device, shuffle=True, drop_last=True, policy=cfg.augment,
-                       mix_prob=cfg.mix_prob, n_classes=n_classes, seed=cfg.seed)
+                       mix_prob=cfg.mix_prob, n_classes=n_classes, seed=cfg.seed, erase_prob=cfg.erase_prob,
+                       repeats=cfg.repeats, compile=cfg.compile)
     val = GPUBatches(vx, vy, cfg.eval_batch_size, device=device)
     return train, val, len(tx)
 
@@ -240,7 +243,19 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir
     optimizer = make_optimizer(model, cfg, device)
     amp_dtype, needs_scaler = autocast_settings(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
-    forward = torch.compile(model, mode=cfg.compile_mode) if cfg.compile and device.type == "cuda" else model
+    compiled = cfg.compile and device.type == "cuda"
+
+    def forward_loss(x, y):
+        """(loss, correct predictions) of one batch; with MixUp/CutMix, correct means the dominant label."""
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        hard = y.argmax(-1) if y.dim() == 2 else y
+        return loss, (logits.argmax(-1) == hard).sum()
+
+    # Compiled, the loss is part of the same graph (and CUDA graph) as the model: fewer kernel launches.
+    step_forward = torch.compile(forward_loss, mode=cfg.compile_mode) if compiled else forward_loss
+    forward = torch.compile(model, mode=cfg.compile_mode) if compiled else model  # for evaluation
     params = [p for p in model.parameters() if p.requires_grad]
 
     result = TrainResult(checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
@@ -277,9 +292,7 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir
             lr = lr_at(epoch * steps_per_epoch + i, cfg, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss, n_correct = step_forward(x, y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip is not None:
@@ -289,8 +302,7 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir
             scaler.update()
             # Running sums stay on the device: reading them every step would stall the GPU.
             loss_sum += loss.detach() * len(x)
-            hard = y.argmax(-1) if y.dim() == 2 else y  # with MixUp/CutMix: the dominant label
-            correct += (logits.argmax(-1) == hard).sum()
+            correct += n_correct
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -1,0 +1,48 @@
+"""What only a GPU can check: the compiled paths agree with the eager ones. Skipped without CUDA (CI)."""
+import pytest
+import torch
+
+from vit_helpers import data as D
+from vit_helpers.augment import draw
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("policy, erase", [("crop_flip", 0.0), ("trivial", 0.0), ("trivial", 0.5)])
+def test_compiled_augmentation_equals_eager(policy, erase):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, generator=g).cuda()
+    u = draw(256, torch.Generator(device="cuda").manual_seed(1), "cuda")
+    mean = torch.tensor(D.CIFAR10_MEAN, device="cuda").view(1, -1, 1, 1)
+    std = torch.tensor(D.CIFAR10_STD, device="cuda").view(1, -1, 1, 1)
+    eager = D._transform(x, u, mean, std, policy, erase)
+    compiled = torch.compile(D._transform, dynamic=False)(x, u, mean, std, policy, erase)
+    # 1/255 after normalisation is about 0.016: allow rounding differences, not different pixels
+    assert (compiled - eager).abs().max() < 1e-3
+
+
+@cuda
+def test_drop_path_draws_new_masks_inside_cuda_graphs():
+    from vit_helpers.block import DropPath
+
+    f = torch.compile(DropPath(0.5).train(), mode="reduce-overhead")
+    x = torch.ones(64, 4, 8, device="cuda")
+    masks = [f(x)[:, 0, 0].clone() for _ in range(6)]
+    assert len({tuple(m.tolist()) for m in masks[2:]}) > 1  # after warm-up and capture: still random
+
+
+@cuda
+def test_compiled_training_learns(tiny_args):
+    from conftest import synthetic_data
+    from vit_helpers import VisionTransformer
+    from vit_helpers.train import TrainConfig, train
+
+    data = synthetic_data()
+    cfg = TrainConfig(epochs=6, batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine", warmup_epochs=1,
+                      pipeline="gpu", augment="crop_flip", mix_prob=0.5, erase_prob=0.25, precision="auto",
+                      compile=True, compile_mode="reduce-overhead", val_size=64, eval_batch_size=64)
+    torch.manual_seed(0)
+    result = train(VisionTransformer(tiny_args.replace(drop_path=0.1)), data, cfg, progress=False)
+    h = result.history
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
