@@ -23,8 +23,7 @@ TRAIN_IMAGES = 45_000  # the training split
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "b512": ({"batch_size": 512}, {}),
     "b256": ({"batch_size": 256}, {}),
-    "b256_sd_re": ({"batch_size": 256, "erase_prob": 0.25}, {"drop_path": 0.1}),
-    "b256_sd_re_ra": ({"batch_size": 256, "erase_prob": 0.25, "repeats": 2}, {"drop_path": 0.1}),
+    "b128": ({"batch_size": 128}, {}),
     "b128_sd_re": ({"batch_size": 128, "erase_prob": 0.25}, {"drop_path": 0.1}),
 }
 
@@ -46,7 +45,7 @@ def command(train: dict, model: dict, epochs: int, out: Path) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=120.0, help="seconds of training each variant would get alone")
-    p.add_argument("--probe-epochs", type=int, default=4, help="epochs of the alone throughput probe per batch size")
+    p.add_argument("--probe-epochs", type=int, default=3, help="epochs of the alone throughput probe per batch size")
     p.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
     p.add_argument("--out-dir", type=Path, required=True)
     a = p.parse_args(argv)

@@ -172,6 +172,60 @@ def test_gpu_batches_rejects_bad_settings(kwargs, match):
         D.GPUBatches(torch.zeros(24, 3, 8, 8, dtype=torch.uint8), torch.zeros(24, dtype=torch.long), args.pop("batch_size"), **args)
 
 
+def test_beta_sampler_matches_the_distribution():
+    from vit_helpers.augment import sample_beta
+
+    for a in (0.8, 1.0, 2.0):
+        x = sample_beta(20000, a, torch.Generator().manual_seed(0))
+        assert x.min() >= 0 and x.max() <= 1
+        assert x.mean().item() == pytest.approx(0.5, abs=0.01)
+        assert x.var().item() == pytest.approx(1 / (4 * (2 * a + 1)), rel=0.05)  # var of Beta(a, a)
+
+
+def test_mix_plan_rows():
+    from vit_helpers.augment import mix_plan
+
+    rows = mix_plan(4000, 0.8, (32, 32), torch.Generator().manual_seed(0))
+    kind, lam, x1, y1, x2, y2 = rows.T
+    assert (kind == 0).float().mean().item() == pytest.approx(0.2, abs=0.03)
+    assert (kind == 1).float().mean().item() == pytest.approx(0.4, abs=0.03)
+    assert torch.equal(lam[kind == 0], torch.ones(int((kind == 0).sum())))
+    cut = kind == 2
+    assert ((x1 >= 0) & (x2 <= 32) & (x1 <= x2) & (y1 >= 0) & (y2 <= 32) & (y1 <= y2))[cut].all()
+    torch.testing.assert_close(lam[cut], 1 - ((x2 - x1) * (y2 - y1) / 1024)[cut])  # lam = the share not pasted over
+
+
+def test_mix_batch_equals_a_slicing_reference():
+    from vit_helpers.augment import mix_batch
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, 8, 8, generator=g), torch.randint(0, 4, (6,), generator=g)
+    onehot = torch.nn.functional.one_hot(y, 4).float()
+    out, t = mix_batch(x, y, torch.tensor([0.0, 1.0, 0, 0, 0, 0]), 4)  # no mixing
+    assert torch.equal(out, x) and torch.equal(t, onehot)
+    out, t = mix_batch(x, y, torch.tensor([1.0, 0.3, 0, 0, 0, 0]), 4)  # MixUp with the previous image
+    torch.testing.assert_close(out, 0.3 * x + 0.7 * x.roll(1, 0))
+    torch.testing.assert_close(t, 0.3 * onehot + 0.7 * onehot.roll(1, 0))
+    out, t = mix_batch(x, y, torch.tensor([2.0, 1 - 12 / 64, 2, 1, 5, 5]), 4)  # CutMix: x 2:5, y 1:5
+    ref = x.clone()
+    ref[:, :, 1:5, 2:5] = x.roll(1, 0)[:, :, 1:5, 2:5]
+    assert torch.equal(out, ref)
+    torch.testing.assert_close(t, (52 / 64) * onehot + (12 / 64) * onehot.roll(1, 0))
+
+
+def test_gpu_batches_epochs_are_reproducible_and_resumable():
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    y = torch.randint(0, 5, (64,))
+    make = lambda: D.GPUBatches(x, y, 16, shuffle=True, drop_last=True, policy="trivial", mix_prob=0.5, erase_prob=0.3, n_classes=5)
+    a, b = make(), make()
+    list(a)
+    state = a.state_dict()
+    first = [t.clone() for t, _ in a]  # epoch 2 of a
+    list(b)
+    b.load_state_dict(state)
+    assert all(torch.equal(p, q) for p, (q, _) in zip(first, b))
+
+
 def test_folder_source_reads_and_caches(tmp_path, monkeypatch):
     from PIL import Image
 

@@ -16,10 +16,13 @@ def test_compiled_augmentation_equals_eager(policy, erase):
     u = draw(256, torch.Generator(device="cuda").manual_seed(1), "cuda")
     mean = torch.tensor(D.CIFAR10_MEAN, device="cuda").view(1, -1, 1, 1)
     std = torch.tensor(D.CIFAR10_STD, device="cuda").view(1, -1, 1, 1)
-    eager = D._transform(x, u, mean, std, policy, erase)
-    compiled = torch.compile(D._transform, dynamic=False)(x, u, mean, std, policy, erase)
+    y = torch.randint(0, 10, (256,), device="cuda")
+    row = torch.tensor([2.0, 0.75, 3, 5, 19, 21], device="cuda")  # a CutMix box
+    eager = D._make_batch(x, y, u, row, mean, std, policy, erase, 10)
+    compiled = torch.compile(D._make_batch, dynamic=False)(x, y, u, row, mean, std, policy, erase, 10)
     # 1/255 after normalisation is about 0.016: allow rounding differences, not different pixels
-    assert (compiled - eager).abs().max() < 1e-3
+    assert (compiled[0] - eager[0]).abs().max() < 1e-3
+    torch.testing.assert_close(compiled[1], eager[1])
 
 
 @cuda
@@ -46,3 +49,28 @@ def test_compiled_training_learns(tiny_args):
     result = train(VisionTransformer(tiny_args.replace(drop_path=0.1)), data, cfg, progress=False)
     h = result.history
     assert h[-1]["train_loss"] < h[0]["train_loss"]
+
+
+@cuda
+@pytest.mark.parametrize("compile", [False, True])
+def test_whole_step_cuda_graph_trains_like_the_plain_loop(tiny_args, compile):
+    from conftest import synthetic_data
+    from vit_helpers import VisionTransformer
+    from vit_helpers.train import TrainConfig, train
+
+    data = synthetic_data()
+    cfg = TrainConfig(epochs=3, batch_size=32, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine",
+                      warmup_epochs=1, grad_clip=1.0, pipeline="gpu", augment="trivial", mix_prob=0.5, erase_prob=0.25,
+                      label_smoothing=0.1, precision="fp32", compile=compile, val_size=64, eval_batch_size=64)
+    runs = []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = VisionTransformer(tiny_args)
+        result = train(model, data, cfg.replace(cuda_graph=graphed), progress=False)
+        runs.append((model.state_dict(), result.history))
+    (w0, h0), (w1, h1) = runs
+    for k in w0:
+        torch.testing.assert_close(w1[k], w0[k], atol=2e-4, rtol=1e-3)  # same batches, same updates
+    for a, b in zip(h0, h1):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["train_acc"] == pytest.approx(b["train_acc"], abs=0.02)

@@ -169,3 +169,55 @@ def check_images(x: torch.Tensor, policy: str) -> None:
                         f"of shape {tuple(getattr(x, 'shape', ()))}; convert with (x * 255).round().to(torch.uint8)")
     if policy not in POLICIES:
         raise ValueError(f"unknown augmentation policy {policy!r}; use one of {POLICIES}")
+
+
+# ---- MixUp (Zhang et al., 2018) and CutMix (Yun et al., 2019), one draw per batch ----
+# Each batch gets a row [kind, lam, x1, y1, x2, y2]: kind 0 leaves it alone, 1 blends it with itself
+# rolled by one image (MixUp, weight lam), 2 pastes the rolled batch's box x1:x2, y1:y2 (CutMix, lam =
+# the share left uncovered). torchvision's v2.MixUp / v2.CutMix do the same, with python-side draws;
+# here the rows are drawn for a whole epoch, so mixing is a tensor function a CUDA graph can hold.
+MIX_COLUMNS = 6
+
+
+def sample_beta(n: int, a: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n draws from Beta(a, a) on the CPU (Johnk's method: X = U^(1/a), Y = V^(1/a), kept when X + Y <= 1)."""
+    out = torch.empty(n, dtype=torch.float64)
+    todo = torch.arange(n)
+    while len(todo):
+        u = torch.rand(2, len(todo), generator=generator, dtype=torch.float64)
+        x, y = u[0] ** (1 / a), u[1] ** (1 / a)
+        ok = (x + y <= 1) & (x + y > 0)
+        out[todo[ok]] = x[ok] / (x[ok] + y[ok])
+        todo = todo[~ok]
+    return out.float()
+
+
+def mix_plan(n_batches: int, prob: float, size: tuple[int, int], generator: torch.Generator | None = None,
+             mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0) -> torch.Tensor:
+    """(n_batches, MIX_COLUMNS) rows on the CPU: each batch mixed with chance `prob`, MixUp or CutMix 50/50."""
+    h, w = size
+    u = torch.rand(n_batches, 4, generator=generator)
+    kind = torch.where(u[:, 0] < prob, torch.where(u[:, 1] < 0.5, 1.0, 2.0), 0.0)
+    lam_mix = sample_beta(n_batches, mixup_alpha, generator)
+    lam_cut = sample_beta(n_batches, cutmix_alpha, generator)
+    # CutMix's box, as torchvision draws it: a centre anywhere, sides sqrt(1 - lam) of the image's.
+    cx, cy = (u[:, 2] * w).floor(), (u[:, 3] * h).floor()
+    r = 0.5 * torch.sqrt(1 - lam_cut)
+    half_w, half_h = (r * w).floor(), (r * h).floor()
+    x1, y1 = (cx - half_w).clamp(min=0), (cy - half_h).clamp(min=0)
+    x2, y2 = (cx + half_w).clamp(max=w), (cy + half_h).clamp(max=h)
+    lam_box = 1 - (x2 - x1) * (y2 - y1) / (w * h)
+    lam = torch.where(kind == 1, lam_mix, torch.where(kind == 2, lam_box, 1.0))
+    return torch.stack([kind, lam, x1, y1, x2, y2], 1)
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, row: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Images (B, C, H, W) and int labels (B,) mixed as `row` says -> (images, soft labels (B, n_classes))."""
+    y = F.one_hot(y, n_classes).to(x.dtype)
+    kind, lam = row[0], row[1]
+    xr, yr = x.roll(1, 0), y.roll(1, 0)
+    rows = torch.arange(x.shape[-2], device=x.device).view(-1, 1)
+    cols = torch.arange(x.shape[-1], device=x.device).view(1, -1)
+    box = (rows >= row[3]) & (rows < row[5]) & (cols >= row[2]) & (cols < row[4])
+    x = torch.where(kind == 1, lam * x + (1 - lam) * xr, torch.where((kind == 2) & box, xr, x))
+    return x, lam * y + (1 - lam) * yr

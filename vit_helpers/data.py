@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import paths
-from .augment import POLICIES, augment_from_draws, check_images, draw, erase_mask
+from .augment import MIX_COLUMNS, POLICIES, augment_from_draws, check_images, draw, erase_mask, mix_batch, mix_plan
 
 DATA_DIR_ENV = "VIT_DATA_DIR"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -176,15 +175,17 @@ class GPUBatches:
     """Shuffled mini-batches from uint8 images that live on one device, augmented there.
 
     Yields (inputs, targets): normalised float images, and int labels or, when mix_prob > 0, soft
-    labels (B, n_classes) for every batch (one-hot where a batch is not mixed). All randomness comes from `generator` (and, for MixUp/CutMix, a host
-    generator and torch's global one), so a run can be resumed exactly.
+    labels (B, n_classes) for every batch (one-hot where a batch is not mixed). All randomness is
+    drawn once per epoch from `generator` (on the device) and `host_generator` (MixUp/CutMix rows),
+    so a run can be resumed exactly, and each batch is a pure function of its draws (`make_batch`),
+    which is what lets the training step be captured as one CUDA graph.
 
     policy: "none", "crop_flip" or "trivial" (see `augment.augment_batch`).
     erase_prob: chance an image gets a Random Erasing rectangle (filled with the mean colour).
     repeats: repeated augmentation (Hoffer et al., 2020): each batch holds batch_size / repeats
         distinct images, each `repeats` times with its own augmentation; an epoch still has as many
         images as the data.
-    compile: torch.compile the augmentation (a CUDA device only; several times faster there).
+    compile: torch.compile `make_batch`'s work (a CUDA device only; a few kernels instead of ~100).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, device=None, shuffle: bool = False,
@@ -205,21 +206,16 @@ class GPUBatches:
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.policy, self.mix_prob, self.erase_prob, self.repeats = policy, mix_prob, erase_prob, repeats
-        self.n_classes = n_classes
+        self.n_classes, self.mixup_alpha, self.cutmix_alpha = n_classes, mixup_alpha, cutmix_alpha
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.host_generator = torch.Generator().manual_seed(seed + 1)  # per-batch MixUp/CutMix draws
+        self.host_generator = torch.Generator().manual_seed(seed + 1)  # MixUp/CutMix rows
         # Made once: a host-to-device copy per batch would stall the CPU until the GPU caught up.
         self.mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(CIFAR10_STD, device=device).view(1, -1, 1, 1)
-        self.transform = _transform
+        self._make = _make_batch
         if compile and device.type == "cuda":
             # Fixed shapes (drop_last batches): compiled once; static settings are baked in.
-            self.transform = torch.compile(_transform, dynamic=False)
-        self.mixers = None
-        if mix_prob > 0:
-            from torchvision.transforms import v2
-
-            self.mixers = (v2.MixUp(alpha=mixup_alpha, num_classes=n_classes), v2.CutMix(alpha=cutmix_alpha, num_classes=n_classes))
+            self._make = torch.compile(_make_batch, dynamic=False)
 
     def _n_used(self) -> int:
         return len(self.x) // self.repeats * self.repeats
@@ -228,27 +224,33 @@ class GPUBatches:
         n = self._n_used()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self):
-        order = None
+    def plan(self):
+        """Yield, for each batch of one epoch, its draws: (image indices, augmentation draws, mix row)."""
+        n, device = len(self.x), self.x.device
         if self.shuffle:
-            order = torch.randperm(len(self.x), device=self.x.device, generator=self.generator)
+            order = torch.randperm(n, device=device, generator=self.generator)
             if self.repeats > 1:  # n / repeats distinct images, each repeated next to itself
-                order = order[: len(self.x) // self.repeats].repeat_interleave(self.repeats)
-        for i in range(len(self)):
-            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            if order is not None:
-                idx = order[idx]
-            x, y = self.x[idx], self.y[idx]
-            u = draw(len(x), self.generator, x.device) if self.policy != "none" or self.erase_prob > 0 else None
-            x = self.transform(x, u, self.mean, self.std, self.policy, self.erase_prob)
-            if self.mixers is not None:
-                # One host-side draw per batch (CPU generator, no GPU sync): mix this batch or not, and how.
-                d = torch.rand(2, generator=self.host_generator).tolist()
-                if d[0] < self.mix_prob:
-                    x, y = self.mixers[int(d[1] < 0.5)](x, y)  # mixing commutes with the per-channel normalisation
-                else:  # soft labels for every batch: one kind of target, so one compiled graph
-                    y = F.one_hot(y, self.n_classes).float()
-            yield x, y
+                order = order[: n // self.repeats].repeat_interleave(self.repeats)
+        else:
+            order = torch.arange(n, device=device)
+        steps = len(self)
+        draws = draw(len(order), self.generator, device)
+        mix = torch.zeros(steps, MIX_COLUMNS)
+        if self.mix_prob > 0:
+            mix = mix_plan(steps, self.mix_prob, tuple(self.x.shape[-2:]), self.host_generator, self.mixup_alpha, self.cutmix_alpha)
+        mix = mix.to(device)  # one copy per epoch
+        for i in range(steps):
+            span = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            yield order[span], draws[span], mix[i]
+
+    def make_batch(self, idx: torch.Tensor, u: torch.Tensor, mix: torch.Tensor):
+        """(inputs, targets) of one batch from its draws (see `plan`)."""
+        return self._make(self.x[idx], self.y[idx], u, mix, self.mean, self.std, self.policy, self.erase_prob,
+                          self.n_classes if self.mix_prob > 0 else 0)
+
+    def __iter__(self):
+        for draws in self.plan():
+            yield self.make_batch(*draws)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "host_generator": self.host_generator.get_state()}
@@ -258,15 +260,18 @@ class GPUBatches:
         self.host_generator.set_state(s["host_generator"])
 
 
-def _transform(x: torch.Tensor, u: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor, policy: str,
-               erase_prob: float) -> torch.Tensor:
-    """uint8 batch -> augmented, normalised, optionally erased (erased pixels become 0, the mean colour)."""
+def _make_batch(x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, mix: torch.Tensor, mean: torch.Tensor,
+                std: torch.Tensor, policy: str, erase_prob: float, mix_classes: int):
+    """uint8 batch -> augmented, normalised, optionally erased (erased pixels become 0, the mean colour)
+    and mixed (when mix_classes > 0: soft labels over that many classes)."""
     check_images(x, policy)
-    out = x.float() / 255 if u is None else augment_from_draws(x, u, policy)
+    out = augment_from_draws(x, u, policy)
     out = (out - mean) / std
     if erase_prob > 0:
         out = out.masked_fill(erase_mask(u, x.shape[-2], x.shape[-1], erase_prob), 0.0)
-    return out
+    if mix_classes:
+        out, y = mix_batch(out, y, mix, mix_classes)
+    return out, y
 
 
 # ---- the article's classic pipeline: PIL transforms in DataLoader worker processes ----

@@ -45,7 +45,8 @@ class TrainConfig:
     repeats: int = 1  # gpu pipeline: repeated augmentation, copies of each image per batch (each augmented on its own)
     precision: str = "fp32"  # "fp32", or "auto": bf16 autocast where supported, fp16 + GradScaler on older GPUs
     compile: bool = False  # torch.compile the model (GPU only)
-    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" replays CUDA graphs, cutting launch overhead
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" replays CUDA graphs of the model alone
+    cuda_graph: bool = False  # gpu pipeline on a GPU: record the whole step (augment, mix, forward, backward, clip, AdamW) as one CUDA graph
     train_subset: int | None = None  # train on only this many images of the training split
     val_size: int = 5000  # images held out of the 50,000 for validation
     num_workers: int = 4  # classic pipeline's DataLoader processes
@@ -68,11 +69,11 @@ RECIPES: dict[str, tuple[str, dict, TrainConfig]] = {
     "fast": ("article", {"dropout": 0.0}, TrainConfig(
         epochs=250, batch_size=512, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
         warmup_epochs=5, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="trivial", mix_prob=0.8,
-        precision="auto", compile=True, compile_mode="reduce-overhead", log_every=25, checkpoint_every=25)),
+        precision="auto", compile=True, cuda_graph=True, log_every=25, checkpoint_every=25)),
     "large": ("large", {}, TrainConfig(
         epochs=250, batch_size=512, optimizer="adamw", lr=7e-4, weight_decay=0.05, schedule="cosine",
         warmup_epochs=5, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="trivial", mix_prob=0.8,
-        precision="auto", compile=True, compile_mode="reduce-overhead", log_every=25, checkpoint_every=25)),
+        precision="auto", compile=True, cuda_graph=True, log_every=25, checkpoint_every=25)),
     "quick": ("small", {}, TrainConfig(
         epochs=6, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine",
         warmup_epochs=1, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="crop_flip", mix_prob=0.0,
@@ -113,13 +114,63 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam or AdamW; `capturable` (for a CUDA graph) keeps the step count and the lr in device tensors."""
     fused = device.type == "cuda"  # one kernel for all parameters instead of several per tensor
+    kw = {"betas": cfg.betas, "fused": fused}
+    if capturable:
+        kw.update(capturable=True, lr=torch.tensor(cfg.lr, device=device))  # set_lr then fills it in place
+    else:
+        kw["lr"] = cfg.lr
     if cfg.optimizer == "adam":
-        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas, fused=fused)
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], **kw)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=fused)
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **kw)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'adam' or 'adamw'")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)  # in place: a CUDA graph holds this tensor's address
+        else:
+            group["lr"] = lr
+
+
+class CapturedStep:
+    """`fn(*inputs)` recorded once as a CUDA graph and replayed: one launch per training step instead of
+    hundreds, so small batches stop being limited by the CPU (PyTorch's "whole-network capture").
+
+    Recording needs a few warm-up calls (they compile and create the optimizer's state); the model's
+    weights and the optimizer's state are put back afterwards, so training starts where it was.
+    Inputs are copied into fixed buffers before each replay; `fn` must not synchronise with the host.
+    """
+
+    def __init__(self, fn, example_inputs, model: nn.Module, optimizer: torch.optim.Optimizer, warmup: int = 3):
+        self.inputs = [t.clone() for t in example_inputs]
+        weights = {k: v.clone() for k, v in model.state_dict().items()}
+        state = {p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)} for p, s in optimizer.state.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            fn(*self.inputs)
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                v.copy_(weights[k])
+            for p, s in optimizer.state.items():
+                for k, v in s.items():
+                    if isinstance(v, torch.Tensor):  # state made by the warm-up starts from zero, as it would have
+                        v.copy_(state[p][k]) if p in state and k in state[p] else v.zero_()
+
+    def __call__(self, *inputs) -> None:
+        for buf, t in zip(self.inputs, inputs):
+            buf.copy_(t, non_blocking=True)
+        self.graph.replay()
 
 
 def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -240,23 +291,46 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir
     steps_per_epoch = len(train_batches)
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {n_train} training images; lower it")
-    optimizer = make_optimizer(model, cfg, device)
     amp_dtype, needs_scaler = autocast_settings(cfg.precision, device)
+    # The whole-step graph needs the GPU pipeline and no GradScaler (fp16's scaler syncs with the host).
+    graphed = cfg.cuda_graph and device.type == "cuda" and cfg.pipeline == "gpu" and not needs_scaler
+    optimizer = make_optimizer(model, cfg, device, capturable=graphed)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
     compiled = cfg.compile and device.type == "cuda"
 
     def forward_loss(x, y):
         """(loss, correct predictions) of one batch; with MixUp/CutMix, correct means the dominant label."""
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        # (autocast's weight-cast cache would keep tensors made during graph recording: off when graphed)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=not graphed):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         hard = y.argmax(-1) if y.dim() == 2 else y
         return loss, (logits.argmax(-1) == hard).sum()
 
     # Compiled, the loss is part of the same graph (and CUDA graph) as the model: fewer kernel launches.
-    step_forward = torch.compile(forward_loss, mode=cfg.compile_mode) if compiled else forward_loss
-    forward = torch.compile(model, mode=cfg.compile_mode) if compiled else model  # for evaluation
+    # (Inside a whole-step graph, torch.compile's own CUDA graphs would be graphs within a graph: off.)
+    mode = "default" if graphed else cfg.compile_mode
+    step_forward = torch.compile(forward_loss, mode=mode) if compiled else forward_loss
+    forward = torch.compile(model, mode=mode) if compiled else model  # for evaluation
     params = [p for p in model.parameters() if p.requires_grad]
+    totals = torch.zeros(2, device=device)  # this epoch's summed loss and correct predictions, kept on the device
+
+    def train_step(x, y):
+        """One optimizer step on a batch. No host synchronisation, so that it can run as a CUDA graph."""
+        loss, n_correct = step_forward(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=device.type == "cuda")
+        scaler.step(optimizer)
+        scaler.update()
+        totals.add_(torch.stack([loss.detach() * len(x), n_correct.float()]))  # reading them every step would stall the GPU
+
+    def raw_step(idx, u, mix):  # what the graph records: batch making included
+        train_step(*train_batches.make_batch(idx, u, mix))
+
+    captured = None
 
     result = TrainResult(checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
     start_epoch = 0
@@ -272,6 +346,9 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir
                              f"  saved: {state['train_config']}\n  given: {_plain(cfg)}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if graphed:  # the graph reads the lr from a device tensor
+            for group in optimizer.param_groups:
+                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=device)
         scaler.load_state_dict(state["scaler"])
         if hasattr(train_batches, "load_state_dict"):
             train_batches.load_state_dict(state["batches"])
@@ -285,30 +362,25 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        for i, (x, y) in enumerate(train_batches):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        totals.zero_()
+        for i, batch in enumerate(train_batches.plan() if graphed else train_batches):
             lr = lr_at(epoch * steps_per_epoch + i, cfg, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, n_correct = step_forward(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            # Running sums stay on the device: reading them every step would stall the GPU.
-            loss_sum += loss.detach() * len(x)
-            correct += n_correct
+            set_lr(optimizer, lr)
+            if graphed:  # batch = this step's draws; the graph makes the batch and trains on it
+                if captured is None:
+                    captured = CapturedStep(raw_step, batch, model, optimizer)
+                    totals.zero_()  # the warm-up calls added to it
+                captured(*batch)
+            else:
+                x, y = batch
+                train_step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         seen = steps_per_epoch * cfg.batch_size
-        train_loss = loss_sum.item() / seen
+        loss_total, correct = totals.tolist()
+        train_loss = loss_total / seen
         if not math.isfinite(train_loss):
             bar.close()
             kept = f"the last good checkpoint is kept at {last_path}" if last_path and last_path.is_file() else "no checkpoint was written"
@@ -318,7 +390,7 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir
             )
         t1 = time.perf_counter()
         val_loss, val_acc = evaluate(forward, val_batches, device, cfg.precision)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct.item() / seen, "val_loss": val_loss,
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / seen, "val_loss": val_loss,
                   "val_acc": val_acc, "lr": lr, "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
                   "images_per_s": seen / seconds}
         result.history.append(record)
