@@ -145,3 +145,18 @@ def test_recipes_exist_and_article_is_exact():
         recipe(name)
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe("turbo")
+
+
+def test_released_weights_are_the_fast_recipe():
+    """The shipped model was trained with the fast recipe as it stands (config and schedule length)."""
+    from vit_helpers import paths
+    from vit_helpers.checkpoint import load_model
+    from vit_helpers.train import _plain, recipe
+
+    model, ckpt = load_model(paths.RELEASED_WEIGHTS)
+    args, cfg = recipe("fast")
+    assert model.args == args
+    assert ckpt["train_config"] == _plain(cfg)
+    assert len(ckpt["history"]) == cfg.epochs
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 10)
