@@ -193,15 +193,15 @@ print(f"OK: {best['val_acc']:.2%} validation accuracy, well above the 10% of cha
 # %% [markdown]
 # ## The article's recipe against ours
 # Measured with `benchmarks/train_speed.py` on one H100 (torch 2.11, CUDA 13.0), on the offline JPEG
-# copy of CIFAR-10; test accuracy on the 10,000 test images. The article's recipe ran one of its 150
-# epochs; its full time is extrapolated from that epoch.
+# copy of CIFAR-10; test accuracy on the 10,000 test images (`benchmarks/results/run7/`). The article's
+# recipe ran two of its 150 epochs; its full time is extrapolated from them.
 #
 # | recipe | epochs | test accuracy | training time | images/s | hardware |
 # |---|---|---|---|---|---|
-# | article (Adam 3e-4, batch 16, PIL + DataLoader, fp32) | 150 | 75.07% (article's report) | ~1 h 56 min (extrapolated: 46.4 s/epoch) | 970 | H100 |
-# | fast (this notebook's full mode) | 250 | 85.35% | 190 s (compilation included) | 59,889 | H100 |
+# | article (Adam 3e-4, batch 16, PIL + DataLoader, fp32) | 150 | 75.07% (article's report) | ~1 h 53 min (extrapolated: 45 s/epoch) | 998 | H100 |
+# | fast (this notebook's full mode) | 420 | 86.26% | 274 s (33 s of it compiling) | 77,570 | H100 |
 #
-# The fast recipe passes the article's 75% after 47 s of training. This run's own numbers:
+# The fast recipe passes the article's 75% after 62 s of training, 33 s of which is compilation.
 
 # %%
 print(f"this run: {runtime.RECIPE} recipe, {len(history)} epochs, best validation {best['val_acc']:.2%}, "
