@@ -1,5 +1,11 @@
-"""Where a training step's time goes: augmentation alone, the model step alone, the full step,
-then the top GPU kernels from the PyTorch profiler. GPU only.
+"""Where a training step's time goes *without* the whole-step CUDA graph: augmentation alone, the
+model step alone, the full step, then the top GPU kernels from the PyTorch profiler. GPU only.
+
+This is the loop of runs 2-3 (`benchmarks/NOTES.md`): the model compiled (by default with
+torch's `mode="reduce-overhead"`, which graphs the model alone), the batch made and the optimizer
+stepped eagerly around it. The recipes now record the whole step (`TrainConfig.cuda_graph`), which
+this script does not; to see the CPU cost that graph removes, profile `train()` itself (run 5 used
+cProfile over three epochs).
 
     python benchmarks/profile_step.py --recipe fast
 """
@@ -39,7 +45,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--recipe", default="fast")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--compile-mode", default=None)
+    p.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode for the model")
     a = p.parse_args()
     dev = torch.device("cuda")
     args, cfg = recipe(a.recipe)
@@ -50,7 +56,7 @@ def main() -> int:
     model = VisionTransformer(args).to(dev)
     opt = make_optimizer(model, cfg, dev)
     amp, _ = autocast_settings(cfg.precision, dev)
-    fwd = torch.compile(model, mode=a.compile_mode or cfg.compile_mode) if cfg.compile else model
+    fwd = torch.compile(model, mode=a.compile_mode) if cfg.compile else model
     xb, yb = next(iter(batches))
 
     def step(x, t):
