@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import paths
-from .augment import MIX_COLUMNS, POLICIES, augment_from_draws, check_images, draw, erase_mask, mix_batch, mix_plan
+from .augment import MIX_COLUMNS, N_DRAWS, POLICIES, augment_from_draws, check_images, draw, erase_mask, mix_batch, mix_plan
 
 DATA_DIR_ENV = "VIT_DATA_DIR"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -234,7 +234,10 @@ class GPUBatches:
         else:
             order = torch.arange(n, device=device)
         steps = len(self)
-        draws = draw(len(order), self.generator, device)
+        if self.policy == "none" and self.erase_prob == 0:  # nothing random: no draws (all-zero stand-ins)
+            draws = torch.zeros(1, N_DRAWS, device=device).expand(len(order), -1)
+        else:
+            draws = draw(len(order), self.generator, device)
         mix = torch.zeros(steps, MIX_COLUMNS)
         if self.mix_prob > 0:
             mix = mix_plan(steps, self.mix_prob, tuple(self.x.shape[-2:]), self.host_generator, self.mixup_alpha, self.cutmix_alpha)
