@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vit_helpers import VisionTransformer, count_parameters, flops_per_image  # noqa: E402
 from vit_helpers.data import GPUBatches, load_cifar10  # noqa: E402
-from vit_helpers.train import _plain, evaluate, recipe, train  # noqa: E402
+from vit_helpers.train import evaluate, recipe, train  # noqa: E402
 
 
 def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
@@ -92,12 +92,10 @@ def run(name: str, data, device, epochs: int | None, tiny: bool, save_weights: P
     if row["extrapolated"]:
         row["extrapolated_train_seconds"] = row["median_epoch_seconds"] * full_epochs
     if save_weights is not None:
-        from vit_helpers.checkpoint import atomic_save
+        from vit_helpers.checkpoint import save_model
 
-        atomic_save({"model_args": args.to_dict(), "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                     "train_config": _plain(cfg),
-                     "history": h, "test_acc": test_acc, "made_by": "benchmarks/train_speed.py", "data": data.source},
-                    save_weights)
+        save_model(save_weights, model, cfg, data, result, test_acc=test_acc, made_by="benchmarks/train_speed.py",
+                   data_source=data.source)
     return row
 
 

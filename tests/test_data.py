@@ -104,7 +104,7 @@ def test_gpu_batches_soft_labels_for_every_batch_when_mixing():
 
 
 def test_augment_from_draws_is_a_function_of_the_draws():
-    from vit_helpers.augment import augment_from_draws, draw
+    from vit_helpers.augment import DRAWS, augment_from_draws, draw
 
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     u = draw(8, torch.Generator().manual_seed(3))
@@ -112,20 +112,20 @@ def test_augment_from_draws_is_a_function_of_the_draws():
     assert torch.equal(augment_from_draws(x, u), augment_batch(x, torch.Generator().manual_seed(3)))
     # draws in [0.5, 1) for the flip column never flip, [0, 0.5) always do (crop off, identity op)
     u = torch.zeros(8, u.shape[1])
-    u[:, 4:6] = 0.5  # shift 0
-    keep = augment_from_draws(x, u.index_fill(1, torch.tensor([3]), 0.9), "crop_flip")
+    u[:, DRAWS["shift"]] = 0.5  # shift 0
+    keep = augment_from_draws(x, u.index_fill(1, torch.tensor([DRAWS["flip"]]), 0.9), "crop_flip")
     flip = augment_from_draws(x, u, "crop_flip")
     torch.testing.assert_close(keep, x.float() / 255)
     torch.testing.assert_close(flip, x.flip(-1).float() / 255)
 
 
 def test_erase_mask_one_rectangle_in_bounds_for_the_chosen_images():
-    from vit_helpers.augment import draw, erase_mask
+    from vit_helpers.augment import draw, drawn, erase_mask
 
     u = draw(2000, torch.Generator().manual_seed(0))
     m = erase_mask(u, 32, 32, prob=0.25)
     assert m.shape == (2000, 1, 32, 32) and m.dtype == torch.bool
-    chosen = u[:, 6] < 0.25
+    chosen = drawn(u, "erase") < 0.25
     assert not m[~chosen].any() and m[chosen].flatten(1).any(1).all()
     frac = m[chosen].float().mean((1, 2, 3))
     assert frac.min() >= 0.5 / 1024 and frac.max() <= 0.45  # about 2%-33% of the image, after rounding

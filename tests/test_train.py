@@ -1,5 +1,6 @@
 """Training: the loop learns, checkpoints round-trip, resume is exact, NaN stops, configs are checked."""
 import math
+import re
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ def test_lr_schedules():
     assert lr_at(19, cos, 10) == pytest.approx(1.0)
     assert lr_at(99, cos, 10) < 0.01
     assert all(lr_at(s + 1, cos, 10) <= lr_at(s, cos, 10) + 1e-12 for s in range(20, 99))
-    art = TrainConfig(lr=3e-4)
+    art = recipe("article")[1]
     assert lr_at(79 * 10, art, 10) == pytest.approx(3e-4)
     assert lr_at(80 * 10, art, 10) == pytest.approx(3e-5)
     assert lr_at(130 * 10, art, 10) == pytest.approx(3e-6)
@@ -103,7 +104,7 @@ def test_resume_equals_uninterrupted_run(tiny_args, tmp_path):
 def test_resume_refuses_another_config(tiny_args, tmp_path):
     data = synthetic_data()
     train(VisionTransformer(tiny_args), data, CFG.replace(epochs=1), checkpoint_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="another TrainConfig"):
+    with pytest.raises(ValueError, match="lr: checkpoint has 0.003, given 1.0"):
         train(VisionTransformer(tiny_args), data, CFG.replace(epochs=1, lr=1.0), checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
@@ -115,7 +116,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_args, tmp_path):
         if record["epoch"] == 1:
             model.head.register_forward_hook(lambda m, i, o: o * float("nan"))
 
-    with pytest.raises(NonFiniteLossError, match="epoch 2.*last good checkpoint"):
+    with pytest.raises(NonFiniteLossError, match="epoch 2.*last.pt \\(epoch 1\\) is kept and resumable"):
         train(model, data, CFG, checkpoint_dir=tmp_path, progress=False, on_epoch_end=poison)
     ckpt = C.load(tmp_path / "last.pt")
     assert ckpt["epoch"] == 1
@@ -151,12 +152,195 @@ def test_released_weights_are_the_fast_recipe():
     """The shipped model was trained with the fast recipe as it stands (config and schedule length)."""
     from vit_helpers import paths
     from vit_helpers.checkpoint import load_model
-    from vit_helpers.train import _plain, recipe
+    from vit_helpers.train import recipe
 
     model, ckpt = load_model(paths.RELEASED_WEIGHTS)
     args, cfg = recipe("fast")
     assert model.args == args
-    assert ckpt["train_config"] == _plain(cfg)
+    assert ckpt["train_config"] == cfg.to_dict()
     assert len(ckpt["history"]) == cfg.epochs
     x = torch.randn(2, 3, 32, 32)
     assert model(x).shape == (2, 10)
+
+
+# ---- the config is checked when it is made ----
+
+@pytest.mark.parametrize("changes, message", [
+    ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1"),
+    ({"log_every": 0}, "log_every must be an integer >= 1"),
+    ({"train_subset": -5}, "train_subset must be a positive integer"),
+    ({"pipeline": "classic", "augment": "article", "mix_prob": 0.5}, "mix_prob=0.5 needs pipeline='gpu'"),
+    ({"pipeline": "classic", "augment": "trivial"}, "pipeline 'classic' augments with one of"),
+    ({"schedule": "multistep", "warmup_epochs": 1}, "warmup_epochs is used only by schedule='cosine'"),
+    ({"compile_mode": "reduce-overhead"}, "needs compile=True"),
+    ({"budget_minutes": 0}, "budget_minutes must be positive"),
+    ({"optimizer": "sgd"}, "optimizer='sgd' is not one of"),
+    ({"repeats": 3}, "repeats=3 must divide batch_size=32"),
+])
+def test_config_refuses_bad_fields_and_ignored_options(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CFG.replace(**changes)
+
+
+def test_recipes_are_changes_to_a_base_recipe():
+    _, fast = recipe("fast")
+    _, large = recipe("large")
+    _, quick = recipe("quick")
+    assert large.replace(epochs=fast.epochs, lr=fast.lr) == fast  # large = fast + two changes
+    assert quick.schedule == fast.schedule == "cosine" and quick.compile is False and quick.cuda_graph is False
+
+
+def test_gpu_only_settings_on_the_cpu_warn_once_and_say_what_is_dropped(tiny_args):
+    cfg = CFG.replace(epochs=1, compile=True, cuda_graph=True, precision="auto")
+    with pytest.warns(UserWarning, match="compile, cuda_graph, precision='auto' need a CUDA GPU and are dropped") as seen:
+        train(VisionTransformer(tiny_args), synthetic_data(), cfg, progress=False, device="cpu")
+    assert len([w for w in seen if "dropped" in str(w.message)]) == 1
+
+
+# ---- the step notebook 05 shows is the step train() runs ----
+
+def test_train_runs_the_plain_step_on_the_cpu(tiny_args, monkeypatch):
+    from vit_helpers import train as T
+
+    calls = []
+    original = T.TrainStep.update
+    monkeypatch.setattr(T.TrainStep, "update", lambda self, x, y: (calls.append(len(x)), original(self, x, y)))
+    T.train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(epochs=2), progress=False)
+    steps_per_epoch = (512 - CFG.val_size) // CFG.batch_size
+    assert calls == [CFG.batch_size] * (2 * steps_per_epoch)
+
+
+def notebook_05_step():
+    """The training step notebook 05 writes, taken from its twin (the cell that defines `training_step`)."""
+    import jupytext
+    from pathlib import Path
+
+    nb = jupytext.read(Path(__file__).resolve().parents[1] / "notebooks" / "py" / "05_training.py")
+    cell = next(c.source for c in nb.cells if c.cell_type == "code" and "def training_step(" in c.source)
+    namespace = {}
+    exec(cell, namespace)
+    return namespace["training_step"]
+
+
+def test_notebook_05_step_equals_the_step_train_runs(tiny_args):
+    from vit_helpers.data import GPUBatches
+    from vit_helpers.train import TrainStep, lr_at, make_optimizer
+
+    data = synthetic_data()
+    cfg = CFG.replace(mix_prob=1.0)  # soft MixUp/CutMix targets on every batch
+    torch.manual_seed(3)
+    a, b = VisionTransformer(tiny_args), VisionTransformer(tiny_args)
+    b.load_state_dict(a.state_dict())
+    step = TrainStep(a, cfg, torch.device("cpu"))
+    opt = make_optimizer(b, cfg, torch.device("cpu"))
+    batches = GPUBatches(data.train_x[:256], data.train_y[:256], 32, shuffle=True, drop_last=True, policy="crop_flip",
+                         mix_prob=1.0, n_classes=5)
+    mine = notebook_05_step()
+    for i, (x, y) in enumerate(batches):
+        lr = lr_at(i, cfg, len(batches))
+        step((x, y), lr)
+        mine(b, opt, x, y, lr, cfg)
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), n
+
+
+# ---- checkpoints: one owner, resume refused on another run, load_or_train ----
+
+def test_resume_on_other_data_is_refused_naming_what_differs(tiny_args, tmp_path):
+    train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(epochs=1), checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(C.ResumeError, match=r"belongs to another run(.|\n)*training data: checkpoint has \w+ \(512 images\), given \w+ \(512 images\)"):
+        train(VisionTransformer(tiny_args), synthetic_data(seed=1), CFG.replace(epochs=1), checkpoint_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(C.ResumeError, match="model dim: checkpoint has 32, given 64"):
+        train(VisionTransformer(tiny_args.replace(dim=64, hidden_dim=64)), synthetic_data(), CFG.replace(epochs=1),
+              checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_load_or_train_trains_then_loads_then_refuses_other_configs(tiny_args, tmp_path, capsys):
+    from vit_helpers.train import load_or_train
+
+    data = synthetic_data()
+    cfg = CFG.replace(epochs=2)
+    first = VisionTransformer(tiny_args)
+    r1 = load_or_train(first, data, cfg, tmp_path, progress=False)
+    second = VisionTransformer(tiny_args)
+    r2 = load_or_train(second, data, cfg, tmp_path, progress=False)
+    assert "loaded the finished run" in capsys.readouterr().out
+    assert r2.history == r1.history and r2.epochs == 2
+    for p, q in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(p.cpu(), q)
+    with pytest.raises(C.ResumeError, match="lr: checkpoint has 0.003, given 0.001"):
+        load_or_train(VisionTransformer(tiny_args), data, cfg.replace(lr=1e-3), tmp_path, progress=False)
+
+
+def test_load_or_train_resumes_an_unfinished_run(tiny_args, tmp_path, capsys):
+    from vit_helpers.train import load_or_train
+
+    data = synthetic_data()
+    cfg = CFG.replace(epochs=3)
+
+    def stop_after_one(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(VisionTransformer(tiny_args), data, cfg, checkpoint_dir=tmp_path, progress=False, on_epoch_end=stop_after_one)
+    result = load_or_train(VisionTransformer(tiny_args), data, cfg, tmp_path, progress=False)
+    assert "resuming the unfinished run" in capsys.readouterr().out
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+
+
+def test_a_nan_on_the_last_step_of_an_epoch_never_reaches_the_checkpoint(tiny_args, tmp_path):
+    """The epoch's loss is still finite, but the weights are not: nothing may be written, last.pt stays resumable."""
+    from vit_helpers import train as T
+
+    data = synthetic_data()
+    cfg = CFG.replace(epochs=3)
+    model = VisionTransformer(tiny_args)
+    steps_per_epoch = (512 - cfg.val_size) // cfg.batch_size
+    count = {"n": 0}
+    original = T.TrainStep.update
+
+    def update(self, x, y):
+        count["n"] += 1
+        if count["n"] == 2 * steps_per_epoch:  # the last step of epoch 2: a NaN gradient
+            model.head.weight.register_hook(lambda g: g * float("nan"))
+        original(self, x, y)
+
+    T.TrainStep.update = update
+    try:
+        with pytest.raises(NonFiniteLossError, match="epoch 2.*stopped before writing anything.*last.pt \\(epoch 1\\) is kept"):
+            train(model, data, cfg, checkpoint_dir=tmp_path, progress=False)
+    finally:
+        T.TrainStep.update = original
+    state = C.load(tmp_path / "last.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    resumed = train(VisionTransformer(tiny_args), data, cfg, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+
+
+# ---- a time budget fixes the length ----
+
+def test_budget_fixes_the_number_of_epochs_and_the_schedule_follows(tiny_args, capsys):
+    cfg = CFG.replace(epochs=500, budget_minutes=0.05)  # 3 seconds: far fewer than 500 epochs on a CPU
+    result = train(VisionTransformer(tiny_args), synthetic_data(), cfg, progress=False)
+    out = capsys.readouterr().out
+    assert re.search(r"budget 0.05 min: [\d,]+ images/s once compiled, the first epoch took \d+ s -> \d+ epochs", out)
+    assert 1 <= result.epochs < 500 and len(result.history) == result.epochs
+    if result.epochs > 1:
+        assert result.history[-1]["lr"] < 0.05 * cfg.lr  # the cosine reached its end at the chosen length
+
+
+def test_a_run_that_would_take_hours_warns_with_an_estimate(tiny_args, monkeypatch):
+    from vit_helpers import train as T
+
+    monkeypatch.setattr(T.Pace, "WARN_SECONDS", 1e-3)
+    with pytest.warns(UserWarning, match=r"at the measured [\d,]+ images/s on the CPU, 2 epochs will take about [\d.]+ hours"):
+        train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(epochs=2), progress=False)
+
+
+def test_the_log_is_a_compact_table(tiny_args, capsys):
+    train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(epochs=9, log_every=4), progress=True)
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert lines[0].split() == ["epoch", "train", "loss", "train", "acc", "val", "loss", "val", "acc", "lr", "img/s", "time"]
+    assert [l.split()[0] for l in lines[1:]] == ["1/9", "4/9", "8/9", "9/9"]

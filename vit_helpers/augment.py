@@ -98,10 +98,29 @@ def affine_matrices(
     return m[:, :2]
 
 
-# Columns of the uniform draws each image gets (one `torch.rand(B, N_DRAWS)` per batch): drawing
-# everything at once keeps the augmentation itself a pure function, which torch.compile fuses into a
-# few kernels instead of about a hundred small ones.
+# The uniform draws each image gets, by name: one `torch.rand(B, N_DRAWS)` per batch, whose columns are
+# read only through `drawn(u, name)`. Drawing everything at once keeps the augmentation itself a pure
+# function, which torch.compile fuses into a few kernels instead of about a hundred small ones.
+DRAWS = {
+    "op": 0,  # which TrivialAugment operation
+    "strength": 1,  # its strength, 0 to 1
+    "sign": 2,  # its direction (below 0.5: negative)
+    "flip": 3,  # below 0.5: mirror the image
+    "shift": slice(4, 6),  # the random crop's (x, y) shift
+    "erase": 6,  # below erase_prob: erase a rectangle
+    "erase_area": 7,  # its area, its aspect ratio and its position
+    "erase_ratio": 8,
+    "erase_y": 9,
+    "erase_x": 10,
+}
 N_DRAWS = 11
+
+
+def drawn(u: torch.Tensor, name: str) -> torch.Tensor:
+    """The named column(s) of the draws u (B, N_DRAWS)."""
+    return u[:, DRAWS[name]]
+
+
 POLICIES = ("none", "crop_flip", "trivial")
 
 
@@ -111,23 +130,20 @@ def draw(n: int, generator: torch.Generator | None = None, device=None) -> torch
 
 
 def augment_from_draws(x: torch.Tensor, u: torch.Tensor, policy: str = "trivial", pad: int = 4) -> torch.Tensor:
-    """uint8 images (B, C, H, W) and their draws `u` (B, N_DRAWS) -> augmented float images in [0, 1].
-
-    Columns of u: 0 operation, 1 strength, 2 sign, 3 flip, 4-5 shift; 6-10 belong to `erase_mask`.
-    """
+    """uint8 images (B, C, H, W) and their draws `u` (B, N_DRAWS, see DRAWS) -> augmented float images in [0, 1]."""
     B, C, H, W = x.shape
     out = x.float() / 255
     if policy == "none":
         return out
     geo_op = mag = sign = None
     if policy == "trivial":
-        op = (u[:, 0] * len(TRIVIAL_OPS)).long().clamp_max(len(TRIVIAL_OPS) - 1)
-        mag = u[:, 1]
-        sign = torch.where(u[:, 2] < 0.5, -1.0, 1.0)
+        op = (drawn(u, "op") * len(TRIVIAL_OPS)).long().clamp_max(len(TRIVIAL_OPS) - 1)
+        mag = drawn(u, "strength")
+        sign = torch.where(drawn(u, "sign") < 0.5, -1.0, 1.0)
         out = color_ops(out, op, mag, sign)
         geo_op = torch.where(op >= len(COLOR_OPS), op - len(COLOR_OPS), -1)
-    flip = u[:, 3] < 0.5
-    shift = torch.floor(u[:, 4:6] * (2 * pad + 1)) - pad  # whole pixels in [-pad, pad]
+    flip = drawn(u, "flip") < 0.5
+    shift = torch.floor(drawn(u, "shift") * (2 * pad + 1)) - pad  # whole pixels in [-pad, pad]
     theta = affine_matrices(B, u.device, flip=flip, shift=shift, size=W, geo_op=geo_op, mag=mag, sign=sign)
     grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
     return F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp(0, 1)
@@ -138,19 +154,19 @@ def erase_mask(u: torch.Tensor, height: int, width: int, prob: float) -> torch.T
     per image, for a fraction `prob` of the images (no rectangle for the others).
 
     The rectangle covers 2%-33% of the image, aspect ratio 0.3-3.3 (log-uniform), at a uniform
-    position; `u` holds the draws (B, N_DRAWS), columns 6-10.
+    position; `u` holds the draws (B, N_DRAWS), read by name (DRAWS).
     """
-    area = (0.02 + (1 / 3 - 0.02) * u[:, 7]) * height * width
-    ratio = torch.exp(math.log(0.3) + 2 * math.log(1 / 0.3) * u[:, 8])
+    area = (0.02 + (1 / 3 - 0.02) * drawn(u, "erase_area")) * height * width
+    ratio = torch.exp(math.log(0.3) + 2 * math.log(1 / 0.3) * drawn(u, "erase_ratio"))
     eh = torch.sqrt(area * ratio).round().clamp(1, height)
     ew = torch.sqrt(area / ratio).round().clamp(1, width)
-    y0 = torch.floor(u[:, 9] * (height - eh + 1))
-    x0 = torch.floor(u[:, 10] * (width - ew + 1))
+    y0 = torch.floor(drawn(u, "erase_y") * (height - eh + 1))
+    x0 = torch.floor(drawn(u, "erase_x") * (width - ew + 1))
     rows = torch.arange(height, device=u.device).view(1, -1, 1)
     cols = torch.arange(width, device=u.device).view(1, 1, -1)
     inside = ((rows >= y0.view(-1, 1, 1)) & (rows < (y0 + eh).view(-1, 1, 1))
               & (cols >= x0.view(-1, 1, 1)) & (cols < (x0 + ew).view(-1, 1, 1)))
-    return (inside & (u[:, 6] < prob).view(-1, 1, 1)).unsqueeze(1)
+    return (inside & (drawn(u, "erase") < prob).view(-1, 1, 1)).unsqueeze(1)
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, policy: str = "trivial", pad: int = 4) -> torch.Tensor:
@@ -172,11 +188,12 @@ def check_images(x: torch.Tensor, policy: str) -> None:
 
 
 # ---- MixUp (Zhang et al., 2018) and CutMix (Yun et al., 2019), one draw per batch ----
-# Each batch gets a row [kind, lam, x1, y1, x2, y2]: kind 0 leaves it alone, 1 blends it with itself
-# rolled by one image (MixUp, weight lam), 2 pastes the rolled batch's box x1:x2, y1:y2 (CutMix, lam =
-# the share left uncovered). torchvision's v2.MixUp / v2.CutMix do the same, with python-side draws;
-# here the rows are drawn for a whole epoch, so mixing is a tensor function a CUDA graph can hold.
-MIX_COLUMNS = 6
+# Each batch gets a row of MIX_ROW's fields: kind 0 leaves it alone, 1 blends it with itself rolled by one
+# image (MixUp, weight lam), 2 pastes the rolled batch's box x1:x2, y1:y2 (CutMix, lam = the share left
+# uncovered). torchvision's v2.MixUp / v2.CutMix do the same, with python-side draws; here the rows are
+# drawn for a whole epoch, so mixing is a tensor function a CUDA graph can hold.
+MIX_ROW = ("kind", "lam", "x1", "y1", "x2", "y2")
+MIX_COLUMNS = len(MIX_ROW)
 
 
 def sample_beta(n: int, a: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -196,28 +213,28 @@ def mix_plan(n_batches: int, prob: float, size: tuple[int, int], generator: torc
              mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0) -> torch.Tensor:
     """(n_batches, MIX_COLUMNS) rows on the CPU: each batch mixed with chance `prob`, MixUp or CutMix 50/50."""
     h, w = size
-    u = torch.rand(n_batches, 4, generator=generator)
-    kind = torch.where(u[:, 0] < prob, torch.where(u[:, 1] < 0.5, 1.0, 2.0), 0.0)
+    mixed, which, u_x, u_y = torch.rand(n_batches, 4, generator=generator).unbind(1)
+    kind = torch.where(mixed < prob, torch.where(which < 0.5, 1.0, 2.0), 0.0)
     lam_mix = sample_beta(n_batches, mixup_alpha, generator)
     lam_cut = sample_beta(n_batches, cutmix_alpha, generator)
     # CutMix's box, as torchvision draws it: a centre anywhere, sides sqrt(1 - lam) of the image's.
-    cx, cy = (u[:, 2] * w).floor(), (u[:, 3] * h).floor()
+    cx, cy = (u_x * w).floor(), (u_y * h).floor()
     r = 0.5 * torch.sqrt(1 - lam_cut)
     half_w, half_h = (r * w).floor(), (r * h).floor()
     x1, y1 = (cx - half_w).clamp(min=0), (cy - half_h).clamp(min=0)
     x2, y2 = (cx + half_w).clamp(max=w), (cy + half_h).clamp(max=h)
     lam_box = 1 - (x2 - x1) * (y2 - y1) / (w * h)
     lam = torch.where(kind == 1, lam_mix, torch.where(kind == 2, lam_box, 1.0))
-    return torch.stack([kind, lam, x1, y1, x2, y2], 1)
+    return torch.stack([kind, lam, x1, y1, x2, y2], 1)  # MIX_ROW
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, row: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Images (B, C, H, W) and int labels (B,) mixed as `row` says -> (images, soft labels (B, n_classes))."""
     y = F.one_hot(y, n_classes).to(x.dtype)
-    kind, lam = row[0], row[1]
+    kind, lam, x1, y1, x2, y2 = row.unbind()  # MIX_ROW
     xr, yr = x.roll(1, 0), y.roll(1, 0)
     rows = torch.arange(x.shape[-2], device=x.device).view(-1, 1)
     cols = torch.arange(x.shape[-1], device=x.device).view(1, -1)
-    box = (rows >= row[3]) & (rows < row[5]) & (cols >= row[2]) & (cols < row[4])
+    box = (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2)
     x = torch.where(kind == 1, lam * x + (1 - lam) * xr, torch.where((kind == 2) & box, xr, x))
     return x, lam * y + (1 - lam) * yr

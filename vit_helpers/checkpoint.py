@@ -1,6 +1,8 @@
-"""Checkpoints: atomic writes, `weights_only=True` loads, and a refusal when the model config differs."""
+"""Checkpoints: atomic writes, `weights_only=True` loads, a refusal when the model config differs, and the
+training state (what `train()` saves and resumes from), which has its one home here."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -86,3 +88,139 @@ def trained_model(recipe_name: str, device=None) -> tuple[VisionTransformer, dic
     model, ckpt = load_model(paths.RELEASED_WEIGHTS, device)
     return model, ckpt, (f"released weights ({paths.RELEASED_WEIGHTS.name}, fast recipe on an H100), because "
                          f"notebook 05 has not saved {local} yet")
+
+
+# ---- the training state: written and read here, and nowhere else ----
+# last.pt holds everything a run needs to continue exactly: weights, the step's optimizer and scaler, the batch
+# generators, the RNG, the configs, the history, the chosen length and a fingerprint of the training data.
+# best.pt holds the same description with the weights of the best validation accuracy (no optimizer state).
+
+class ResumeError(ValueError):
+    """A checkpoint belongs to another run (model, training config or data)."""
+
+
+def data_fingerprint(data) -> str:
+    """A short hash of the training images and labels: a resume on other data is refused."""
+    h = hashlib.blake2b(digest_size=12)
+    for t in (data.train_x, data.train_y):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).reshape(-1).numpy())
+    return f"{h.hexdigest()} ({len(data.train_x)} images)"
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as people should see it: relative to the repository (or the working folder), never a machine's absolute path."""
+    from . import paths
+
+    path = Path(path).resolve()
+    for base in (paths.project_root(), Path.cwd()):
+        if base is not None and path.is_relative_to(base.resolve()):
+            return str(path.relative_to(base.resolve())) or "."
+    return path.name
+
+
+def run_differences(state: dict, args: ModelArgs | None, cfg, fingerprint: str) -> list[str]:
+    """What differs between a saved run and the one asked for, one line per field."""
+    diffs = []
+    if args is not None and state.get("model_args") is not None:
+        saved = state["model_args"]
+        diffs += [f"model {k}: checkpoint has {saved.get(k)!r}, given {v!r}" for k, v in args.to_dict().items() if saved.get(k) != v]
+    saved_cfg = state.get("train_config", {})
+    diffs += [f"{k}: checkpoint has {saved_cfg.get(k)!r}, given {v!r}" for k, v in cfg.to_dict().items() if saved_cfg.get(k) != v]
+    if state.get("data") != fingerprint:
+        diffs.append(f"training data: checkpoint has {state.get('data')}, given {fingerprint}")
+    return diffs
+
+
+def _check_same_run(state: dict, path: Path, args, cfg, fingerprint: str) -> None:
+    diffs = run_differences(state, args, cfg, fingerprint)
+    if diffs:
+        raise ResumeError(f"{shown(path)} belongs to another run, so it cannot be resumed or loaded as this one:\n  "
+                          + "\n  ".join(diffs[:8]) + (f"\n  ... and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+                          + "\nUse the same model, config and data, or train anew (retrain=True, or another checkpoint_dir).")
+
+
+def _rng_state(device: torch.device) -> dict:
+    s = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        s["cuda"] = torch.cuda.get_rng_state(device)
+    return s
+
+
+def _set_rng_state(s: dict, device: torch.device) -> None:
+    torch.set_rng_state(s["cpu"])
+    if "cuda" in s and device.type == "cuda":
+        torch.cuda.set_rng_state(s["cuda"], device)
+
+
+def _cpu_weights(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def describe_run(model: torch.nn.Module, cfg, fingerprint: str, result) -> dict:
+    """What is saved beside the weights: configs, data fingerprint, history and the run's chosen length."""
+    args = getattr(model, "args", None)
+    return {"model_args": args.to_dict() if args else None, "train_config": cfg.to_dict(), "data": fingerprint,
+            "history": result.history, "epoch": len(result.history), "epochs": result.epochs,
+            "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch}
+
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, cfg, data, result, **extra) -> Path:
+    """A trained model as one file for `load_model`: its weights now and the run's description (no optimizer)."""
+    return atomic_save({**describe_run(model, cfg, data_fingerprint(data), result), **extra, "model": _cpu_weights(model)}, path)
+
+
+class TrainingRun:
+    """One run's checkpoints in `directory` (None: nothing is written): save after an epoch, resume from last.pt."""
+
+    def __init__(self, directory: Path | None, model: torch.nn.Module, cfg, data, step, batches, device: torch.device):
+        self.directory, self.model, self.cfg, self.step, self.batches, self.device = directory, model, cfg, step, batches, device
+        self.args: ModelArgs | None = getattr(model, "args", None)
+        self.fingerprint = data_fingerprint(data) if directory is not None else ""
+        self.last = directory / "last.pt" if directory is not None else None
+        self.last_epoch: int | None = None
+
+    def save(self, result, improved: bool, write_last: bool) -> None:
+        if self.directory is None:
+            return
+        meta = describe_run(self.model, self.cfg, self.fingerprint, result)
+        if improved:
+            atomic_save({**meta, "model": _cpu_weights(self.model)}, self.directory / "best.pt")
+        if write_last:
+            atomic_save({**meta, "model": _cpu_weights(self.model), "step": self.step.state_dict(),
+                         "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else {},
+                         "rng": _rng_state(self.device)}, self.last)
+            self.last_epoch = meta["epoch"]
+
+    def resume(self, result) -> None:
+        """Continue from last.pt exactly where it stopped: weights, optimizer, batch order, RNG, history."""
+        if self.last is None or not self.last.is_file():
+            raise FileNotFoundError(f"resume=True but there is no last.pt in {shown(self.directory or '.')}; train without resume first")
+        state = load(self.last, map_location=self.device)
+        _check_same_run(state, self.last, self.args, self.cfg, self.fingerprint)
+        self.model.load_state_dict(state["model"])
+        self.step.load_state_dict(state["step"])
+        if hasattr(self.batches, "load_state_dict"):
+            self.batches.load_state_dict(state["batches"])
+        _set_rng_state(state["rng"], self.device)
+        result.history, result.best_val_acc, result.best_epoch = state["history"], state["best_val_acc"], state["best_epoch"]
+        result.epochs = state["epochs"]
+        self.last_epoch = state["epoch"]
+
+    def kept(self) -> str:
+        """Where a stopped run can be resumed from, in words."""
+        if self.last is not None and self.last.is_file():
+            return f"{shown(self.last)} (epoch {self.last_epoch or load(self.last)['epoch']}) is kept and resumable"
+        return "no checkpoint was written"
+
+
+def load_finished_run(last: Path, model: torch.nn.Module, cfg, data) -> dict | None:
+    """If `last` (a last.pt) is a finished run of this model, config and data, load its final weights into `model`
+    and return its description; None if it is unfinished; ResumeError if it belongs to another run."""
+    state = load(last)
+    _check_same_run(state, last, getattr(model, "args", None), cfg, data_fingerprint(data))
+    if state["epoch"] < state["epochs"]:
+        return None
+    model.load_state_dict(state["model"])
+    return state

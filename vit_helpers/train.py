@@ -1,18 +1,17 @@
-"""Training: one readable `train()` loop, `evaluate()`, the learning-rate schedule, and the recipes.
+"""Training: one readable `train()` loop, the plain training step, `evaluate()`, and the learning-rate schedule.
 
-The recipes:
-- article: the article's recipe exactly (Adam 3e-4, batch 16, 150 epochs, steps at 80 and 130,
-  PIL transforms in a DataLoader, float32).
-- fast: AdamW with warmup and cosine decay, label smoothing, gradient clipping, TrivialAugment,
-  MixUp/CutMix, large batches, bf16 and torch.compile, data and augmentation on the GPU.
-- quick: the fast recipe shrunk for two CPU cores: the small model on a subset, a few minutes.
-- large: the fast recipe for the larger preset model.
+A training step has one interface, `step(batch, lr)`, and two implementations: `TrainStep` here (plain,
+eager: the one notebook 05 prints) and `vit_helpers.graphed.GraphedStep`, which records that same step,
+batch making included, as one CUDA graph. The recipes live in `vit_helpers.config`; the training state on
+disk belongs to `vit_helpers.checkpoint`.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,74 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from .config import ModelArgs, model_preset
+from .config import RECIPES, TrainConfig, recipe  # noqa: F401  (re-exported: the notebooks import them from here)
 from .data import GPUBatches, ImageData, classic_loader, train_val_split
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 150  # passes over the training split
-    batch_size: int = 16  # images per optimizer step
-    optimizer: str = "adam"  # "adam" (the article) or "adamw" (decoupled weight decay)
-    lr: float = 3e-4  # peak learning rate
-    weight_decay: float = 0.0  # AdamW decay, never applied to norms, biases or embeddings
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
-    schedule: str = "multistep"  # "multistep" (the article) or "cosine" (linear warmup, then cosine to 0)
-    warmup_epochs: float = 0.0  # linear warmup length, for "cosine"
-    milestones: tuple[int, ...] = (80, 130)  # epochs where "multistep" multiplies the lr by gamma
-    gamma: float = 0.1  # "multistep" factor
-    label_smoothing: float = 0.0  # mass moved from the true class to all classes
-    grad_clip: float | None = None  # max global gradient norm, or None
-    pipeline: str = "classic"  # "classic" (PIL + DataLoader) or "gpu" (uint8 tensors augmented on the device)
-    augment: str = "trivial"  # gpu pipeline: "none", "crop_flip" or "trivial"
-    mix_prob: float = 0.0  # gpu pipeline: chance a batch gets MixUp or CutMix
-    erase_prob: float = 0.0  # gpu pipeline: chance an image gets a Random Erasing rectangle
-    repeats: int = 1  # gpu pipeline: repeated augmentation, copies of each image per batch (each augmented on its own)
-    precision: str = "fp32"  # "fp32", or "auto": bf16 autocast where supported, fp16 + GradScaler on older GPUs
-    compile: bool = False  # torch.compile the model (GPU only)
-    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" replays CUDA graphs of the model alone
-    cuda_graph: bool = False  # gpu pipeline on a GPU: record the whole step (augment, mix, forward, backward, clip, AdamW) as one CUDA graph
-    train_subset: int | None = None  # train on only this many images of the training split
-    val_size: int = 5000  # images held out of the 50,000 for validation
-    num_workers: int = 4  # classic pipeline's DataLoader processes
-    eval_batch_size: int = 1000  # images per evaluation batch
-    seed: int = 0  # model init, split, shuffling and augmentation
-    log_every: int = 1  # print a history line every this many epochs
-    checkpoint_every: int = 1  # write last.pt every this many epochs (and at the end); best.pt whenever validation improves
-
-    def replace(self, **changes) -> "TrainConfig":
-        from dataclasses import replace
-
-        return replace(self, **changes)
-
-
-RECIPES: dict[str, tuple[str, dict, TrainConfig]] = {
-    # name: (model preset, model changes, training config)
-    "article": ("article", {}, TrainConfig()),
-    # Chosen from measured runs (benchmarks/NOTES.md): lr 2e-3 trained worse than 1e-3; without MixUp/CutMix
-    # the model overfit (train 97%, validation 82%); at equal training time batch 512 beat 256 and 128, and
-    # stochastic depth with Random Erasing did not help. 420 epochs fit in about 4.5 minutes on an H100.
-    "fast": ("article", {"dropout": 0.0}, TrainConfig(
-        epochs=420, batch_size=512, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
-        warmup_epochs=5, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="trivial", mix_prob=0.8,
-        precision="auto", compile=True, cuda_graph=True, log_every=25, checkpoint_every=25)),
-    "large": ("large", {}, TrainConfig(
-        epochs=250, batch_size=512, optimizer="adamw", lr=7e-4, weight_decay=0.05, schedule="cosine",
-        warmup_epochs=5, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="trivial", mix_prob=0.8,
-        precision="auto", compile=True, cuda_graph=True, log_every=25, checkpoint_every=25)),
-    "quick": ("small", {}, TrainConfig(
-        epochs=6, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine",
-        warmup_epochs=1, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="crop_flip", mix_prob=0.0,
-        precision="fp32", train_subset=10_000, val_size=2_000)),
-}
-
-
-def recipe(name: str) -> tuple[ModelArgs, TrainConfig]:
-    """(model config, training config) of a named recipe: 'article', 'fast', 'large' or 'quick'."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
-    preset, changes, cfg = RECIPES[name]
-    return model_preset(preset, **changes), cfg
 
 
 def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
@@ -95,8 +28,6 @@ def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     if cfg.schedule == "multistep":
         epoch = step // steps_per_epoch
         return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    if cfg.schedule != "cosine":
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; use 'multistep' or 'cosine'")
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     total = cfg.epochs * steps_per_epoch
     if step < warmup:
@@ -117,17 +48,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
     """Adam or AdamW; `capturable` (for a CUDA graph) keeps the step count and the lr in device tensors."""
-    fused = device.type == "cuda"  # one kernel for all parameters instead of several per tensor
-    kw = {"betas": cfg.betas, "fused": fused}
+    kw = {"betas": cfg.betas, "fused": device.type == "cuda"}  # fused: one kernel for all parameters
+    kw["lr"] = torch.tensor(cfg.lr, device=device) if capturable else cfg.lr  # set_lr fills the tensor in place
     if capturable:
-        kw.update(capturable=True, lr=torch.tensor(cfg.lr, device=device))  # set_lr then fills it in place
-    else:
-        kw["lr"] = cfg.lr
+        kw["capturable"] = True
     if cfg.optimizer == "adam":
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], **kw)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **kw)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'adam' or 'adamw'")
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **kw)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -138,65 +65,96 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-class CapturedStep:
-    """`fn(*inputs)` recorded once as a CUDA graph and replayed: one launch per training step instead of
-    hundreds, so small batches stop being limited by the CPU (PyTorch's "whole-network capture").
-
-    Recording needs a few warm-up calls (they compile and create the optimizer's state); the model's
-    weights and the optimizer's state are put back afterwards, so training starts where it was.
-    Inputs are copied into fixed buffers before each replay; `fn` must not synchronise with the host.
-    """
-
-    def __init__(self, fn, example_inputs, model: nn.Module, optimizer: torch.optim.Optimizer, warmup: int = 3):
-        self.inputs = [t.clone() for t in example_inputs]
-        weights = {k: v.clone() for k, v in model.state_dict().items()}
-        state = {p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)} for p, s in optimizer.state.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                fn(*self.inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            fn(*self.inputs)
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                v.copy_(weights[k])
-            for p, s in optimizer.state.items():
-                for k, v in s.items():
-                    if isinstance(v, torch.Tensor):  # state made by the warm-up starts from zero, as it would have
-                        v.copy_(state[p][k]) if p in state and k in state[p] else v.zero_()
-
-    def __call__(self, *inputs) -> None:
-        for buf, t in zip(self.inputs, inputs):
-            buf.copy_(t, non_blocking=True)
-        self.graph.replay()
-
-
 def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether a GradScaler is needed)."""
     if precision == "fp32" or device.type != "cuda":
         return None, False
-    if precision != "auto":
-        raise ValueError(f"unknown precision {precision!r}; use 'fp32' or 'auto'")
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16, False
     return torch.float16, True  # e.g. a Colab T4: fp16 needs loss scaling to keep small gradients
+
+
+class TrainStep:
+    """One optimizer step: `step(batch, lr)` with batch = (images, labels), where the labels are class
+    indices (B,) or, after MixUp/CutMix, soft targets (B, n_classes). This is the step notebook 05 prints."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, capturable: bool = False):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(model, cfg, device, capturable)
+        self.amp_dtype, needs_scaler = autocast_settings(cfg.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
+        self.totals = torch.zeros(2, device=device)  # this epoch's summed loss and correct predictions, on the device
+        if cfg.compile and device.type == "cuda":  # fuse the model and the loss into fewer kernels
+            self.loss = torch.compile(self.loss, mode="default" if capturable else cfg.compile_mode)
+
+    def epoch(self, batches):
+        """What `__call__` takes, batch by batch, for one epoch."""
+        return batches
+
+    def __call__(self, batch, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+        x, y = (t.to(self.device, non_blocking=True) for t in batch)
+        self.update(x, y)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Forward, loss, backward, clip, optimizer step; never waits for the GPU (a CUDA graph can record it)."""
+        loss, n_correct = self.loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # the scaler multiplies the loss only for float16 (else a no-op)
+        if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=self.device.type == "cuda")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.totals += torch.stack([loss.detach() * len(x), n_correct.float()])  # read once per epoch, not per step
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss, number of correct predictions); with soft targets, correct means their largest class."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None, cache_enabled=False):
+            logits = self.model(x)
+        # cross_entropy takes class indices, or probabilities (soft targets): -sum(target * log_softmax(logits))
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        hard = y.argmax(-1) if y.dim() == 2 else y
+        return loss, (logits.argmax(-1) == hard).sum()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def make_step(model: nn.Module, cfg: TrainConfig, device: torch.device, batches):
+    """The whole-step CUDA graph where the config asks for it and the device allows it, else the plain step."""
+    dropped = [f"{k}" for k in ("compile", "cuda_graph") if getattr(cfg, k)] + (["precision='auto'"] if cfg.precision == "auto" else [])
+    if device.type != "cuda" and dropped:
+        warnings.warn(f"training on the {device.type.upper()}: {', '.join(dropped)} need a CUDA GPU and are dropped "
+                      "(this run uses float32, eager, one step at a time)", stacklevel=3)
+    if cfg.cuda_graph and device.type == "cuda":
+        if autocast_settings(cfg.precision, device)[1]:
+            warnings.warn("this GPU has no bfloat16: float16 needs a GradScaler, which waits for the GPU every step, "
+                          "so the whole-step CUDA graph is dropped (the plain step runs instead)", stacklevel=3)
+        else:
+            from .graphed import GraphedStep
+
+            return GraphedStep(model, cfg, device, batches)
+    return TrainStep(model, cfg, device)
 
 
 def make_batches(data: ImageData, cfg: TrainConfig, device: torch.device, n_classes: int):
     """(train batches, validation batches, number of training images) for a config."""
     train_idx, val_idx = train_val_split(len(data.train_x), cfg.val_size, cfg.seed)
     if cfg.train_subset is not None:
+        if cfg.train_subset > len(train_idx):
+            raise ValueError(f"train_subset={cfg.train_subset} is more than the {len(train_idx)} training images")
         train_idx = train_idx[: cfg.train_subset]
     tx, ty = data.train_x[train_idx], data.train_y[train_idx]
     vx, vy = data.train_x[val_idx], data.train_y[val_idx]
     if cfg.pipeline == "classic":
         return (classic_loader(tx, ty, cfg.batch_size, True, cfg.num_workers, cfg.seed),
                 classic_loader(vx, vy, cfg.eval_batch_size, False, cfg.num_workers), len(tx))
-    if cfg.pipeline != "gpu":
-        raise ValueError(f"unknown pipeline {cfg.pipeline!r}; use 'classic' or 'gpu'")
     train = GPUBatches(tx, ty, cfg.batch_size, device=device, shuffle=True, drop_last=True, policy=cfg.augment,
                        mix_prob=cfg.mix_prob, n_classes=n_classes, seed=cfg.seed, erase_prob=cfg.erase_prob,
                        repeats=cfg.repeats, compile=cfg.compile)
@@ -248,181 +206,187 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def _rng_state(device: torch.device) -> dict:
-    s = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        s["cuda"] = torch.cuda.get_rng_state(device)
-    return s
-
-
-def _set_rng_state(s: dict, device: torch.device) -> None:
-    torch.set_rng_state(s["cpu"])
-    if "cuda" in s and device.type == "cuda":
-        torch.cuda.set_rng_state(s["cuda"], device)
-
-
 @dataclass
 class TrainResult:
     history: list[dict] = field(default_factory=list)  # one dict per epoch
     best_val_acc: float = 0.0
     best_epoch: int = 0
+    epochs: int = 0  # the run's length: cfg.epochs, or what budget_minutes chose
     checkpoint_dir: Path | None = None
 
     @property
     def train_seconds(self) -> float:
         return sum(h["seconds"] for h in self.history)
 
+    def add(self, record: dict) -> bool:
+        """Append an epoch's record; True when its validation accuracy is the best so far."""
+        self.history.append(record)
+        improved = record["val_acc"] > self.best_val_acc
+        if improved:
+            self.best_val_acc, self.best_epoch = record["val_acc"], record["epoch"]
+        return improved
+
 
 def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir: str | Path | None = None,
-          resume: bool = False, device: torch.device | str | None = None, progress: bool = True,
+          resume: bool = False, device: torch.device | str | None = None, progress: bool | None = None,
           on_epoch_end=None) -> TrainResult:
     """Train `model` on `data` with `cfg`; returns the per-epoch history.
 
-    checkpoint_dir: where best.pt (best validation accuracy) and last.pt (for resuming) go, or None.
-    resume: continue from checkpoint_dir/last.pt: same schedule position, optimizer and RNG state.
+    checkpoint_dir: where best.pt (best validation accuracy) and last.pt (to resume from) go, or None.
+    resume: continue from checkpoint_dir/last.pt exactly (refused if the model, config or data differ).
+    progress: show a progress bar (default: on, except in headless runs; see `show_progress_bar`).
     on_epoch_end: optional callback(epoch_record) after each epoch.
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).train()
-    args: ModelArgs | None = getattr(model, "args", None)
-    n_classes = args.n_classes if args else int(data.train_y.max()) + 1
+    n_classes = model.args.n_classes if hasattr(model, "args") else int(data.train_y.max()) + 1
     train_batches, val_batches, n_train = make_batches(data, cfg, device, n_classes)
-    steps_per_epoch = len(train_batches)
-    if steps_per_epoch == 0:
+    spe = len(train_batches)  # steps per epoch
+    if spe == 0:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {n_train} training images; lower it")
-    amp_dtype, needs_scaler = autocast_settings(cfg.precision, device)
-    # The whole-step graph needs the GPU pipeline and no GradScaler (fp16's scaler syncs with the host).
-    graphed = cfg.cuda_graph and device.type == "cuda" and cfg.pipeline == "gpu" and not needs_scaler
-    optimizer = make_optimizer(model, cfg, device, capturable=graphed)
-    scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
-    compiled = cfg.compile and device.type == "cuda"
-
-    def forward_loss(x, y):
-        """(loss, correct predictions) of one batch; with MixUp/CutMix, correct means the dominant label."""
-        # (autocast's weight-cast cache would keep tensors made during graph recording: off when graphed)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=not graphed):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        hard = y.argmax(-1) if y.dim() == 2 else y
-        return loss, (logits.argmax(-1) == hard).sum()
-
-    # Compiled, the loss is part of the same graph (and CUDA graph) as the model: fewer kernel launches.
-    # (Inside a whole-step graph, torch.compile's own CUDA graphs would be graphs within a graph: off.)
-    mode = "default" if graphed else cfg.compile_mode
-    step_forward = torch.compile(forward_loss, mode=mode) if compiled else forward_loss
-    forward = torch.compile(model, mode=mode) if compiled else model  # for evaluation
-    params = [p for p in model.parameters() if p.requires_grad]
-    totals = torch.zeros(2, device=device)  # this epoch's summed loss and correct predictions, kept on the device
-
-    def train_step(x, y):
-        """One optimizer step on a batch. No host synchronisation, so that it can run as a CUDA graph."""
-        loss, n_correct = step_forward(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=device.type == "cuda")
-        scaler.step(optimizer)
-        scaler.update()
-        totals.add_(torch.stack([loss.detach() * len(x), n_correct.float()]))  # reading them every step would stall the GPU
-
-    def raw_step(idx, u, mix):  # what the graph records: batch making included
-        train_step(*train_batches.make_batch(idx, u, mix))
-
-    captured = None
-
-    result = TrainResult(checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
-    start_epoch = 0
-    last_path = result.checkpoint_dir / "last.pt" if result.checkpoint_dir else None
+    step = make_step(model, cfg, device, train_batches)
+    forward = torch.compile(model) if cfg.compile and device.type == "cuda" else model  # for evaluation
+    run = ckpt_io.TrainingRun(Path(checkpoint_dir) if checkpoint_dir else None, model, cfg, data, step, train_batches, device)
+    result = TrainResult(epochs=cfg.epochs, checkpoint_dir=run.directory)
     if resume:
-        if last_path is None or not last_path.is_file():
-            raise FileNotFoundError(f"resume=True but there is no last.pt in {checkpoint_dir}; train without resume first")
-        state = ckpt_io.load(last_path, map_location=device)
-        if args is not None:
-            ckpt_io.check_config(state, args, last_path)
-        if state["train_config"] != _plain(cfg):
-            raise ValueError(f"{last_path} was trained with another TrainConfig; resume with the same config\n"
-                             f"  saved: {state['train_config']}\n  given: {_plain(cfg)}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if graphed:  # the graph reads the lr from a device tensor
-            for group in optimizer.param_groups:
-                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=device)
-        scaler.load_state_dict(state["scaler"])
-        if hasattr(train_batches, "load_state_dict"):
-            train_batches.load_state_dict(state["batches"])
-        _set_rng_state(state["rng"], device)
-        result.history, result.best_val_acc, result.best_epoch = state["history"], state["best_val_acc"], state["best_epoch"]
-        start_epoch = state["epoch"]
-
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress,
-               desc="training", unit="step", mininterval=1.0)
-    for epoch in range(start_epoch, cfg.epochs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        totals.zero_()
-        for i, batch in enumerate(train_batches.plan() if graphed else train_batches):
-            lr = lr_at(epoch * steps_per_epoch + i, cfg, steps_per_epoch)
-            set_lr(optimizer, lr)
-            if graphed:  # batch = this step's draws; the graph makes the batch and trains on it
-                if captured is None:
-                    captured = CapturedStep(raw_step, batch, model, optimizer)
-                    totals.zero_()  # the warm-up calls added to it
-                captured(*batch)
-            else:
-                x, y = batch
-                train_step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-            bar.update(1)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        seen = steps_per_epoch * cfg.batch_size
-        loss_total, correct = totals.tolist()
-        train_loss = loss_total / seen
-        if not math.isfinite(train_loss):
-            bar.close()
-            kept = f"the last good checkpoint is kept at {last_path}" if last_path and last_path.is_file() else "no checkpoint was written"
-            raise NonFiniteLossError(
-                f"the training loss became {train_loss} in epoch {epoch + 1}; stopped, and {kept}. "
-                f"Lower the learning rate (now {cfg.lr}), keep grad_clip on, or use precision='fp32'."
-            )
+        run.resume(result)
+    log = EpochLog(cfg, spe, result, show_progress_bar() if progress is None else progress)
+    pace = Pace(spe, cfg)
+    while (epoch := len(result.history)) < result.epochs:  # (a budget fixes result.epochs after the first epoch)
+        planned = cfg.replace(epochs=result.epochs, budget_minutes=None)  # the schedule runs over the chosen length
+        step.totals.zero_()
+        pace.start(epoch, device)
+        for i, batch in enumerate(step.epoch(train_batches)):
+            lr = lr_at(epoch * spe + i, planned, spe)
+            step(batch, lr)
+            pace.tick(i, device)
+            log.bar.update(1)
+        seconds = pace.stop(device)
+        loss_sum, correct = step.totals.tolist()
+        train_loss = loss_sum / (spe * cfg.batch_size)
+        if not (math.isfinite(train_loss) and all(bool(p.isfinite().all()) for p in model.parameters())):
+            log.close()
+            raise NonFiniteLossError(f"the training loss or the weights became non-finite in epoch {epoch + 1} "
+                                     f"(loss {train_loss}); stopped before writing anything, so {run.kept()}. "
+                                     f"Lower the learning rate (now {cfg.lr}), keep grad_clip on, or use precision='fp32'.")
         t1 = time.perf_counter()
         val_loss, val_acc = evaluate(forward, val_batches, device, cfg.precision)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / seen, "val_loss": val_loss,
-                  "val_acc": val_acc, "lr": lr, "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
-                  "images_per_s": seen / seconds}
-        result.history.append(record)
-        improved = val_acc > result.best_val_acc
-        if improved:
-            result.best_val_acc, result.best_epoch = val_acc, epoch + 1
-        bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", lr=f"{lr:.1e}",
-                        img_s=f"{record['images_per_s']:,.0f}", refresh=False)  # the bar redraws on its own clock
-        if progress and ((epoch + 1) % cfg.log_every == 0 or epoch + 1 == cfg.epochs):
-            tqdm.write(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train_loss:.3f} acc {record['train_acc']:.3f}  "
-                       f"val loss {val_loss:.3f} acc {val_acc:.3f}  lr {lr:.2e}  {record['images_per_s']:,.0f} img/s")
-        if result.checkpoint_dir:
-            meta = {"model_args": args.to_dict() if args else None, "train_config": _plain(cfg), "history": result.history,
-                    "epoch": epoch + 1, "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch}
-            if improved:
-                ckpt_io.atomic_save({**meta, "model": _cpu_state(model)}, result.checkpoint_dir / "best.pt")
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                ckpt_io.atomic_save({**meta, "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
-                                     "scaler": scaler.state_dict(), "rng": _rng_state(device),
-                                     "batches": train_batches.state_dict() if hasattr(train_batches, "state_dict") else {}},
-                                    last_path)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / (spe * cfg.batch_size),
+                  "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": seconds,
+                  "eval_seconds": time.perf_counter() - t1, "images_per_s": spe * cfg.batch_size / seconds}
+        improved = result.add(record)
+        if epoch == 0 and cfg.budget_minutes:
+            result.epochs = pace.fit_budget(result, log)
+        log.epoch(record)
+        run.save(result, improved, (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == result.epochs)
         if on_epoch_end is not None:
             on_epoch_end(record)
-    bar.close()
+    log.close()
     return result
 
 
-def _cpu_state(model: nn.Module) -> dict:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def load_or_train(model: nn.Module, data: ImageData, cfg: TrainConfig, checkpoint_dir: str | Path, *,
+                  device: torch.device | str | None = None, progress: bool | None = None, retrain: bool = False) -> TrainResult:
+    """What the notebooks call: load the finished run of these configs from `checkpoint_dir`, resume an
+    unfinished one, or train from scratch (`retrain=True`: always from scratch, replacing what is there)."""
+    last = Path(checkpoint_dir) / "last.pt"
+    if retrain or not last.is_file():
+        return train(model, data, cfg, checkpoint_dir=checkpoint_dir, device=device, progress=progress)
+    state = ckpt_io.load_finished_run(last, model, cfg, data)  # refuses a run of other configs or data
+    if state is None:
+        print(f"resuming the unfinished run in {ckpt_io.shown(checkpoint_dir)}")
+        return train(model, data, cfg, checkpoint_dir=checkpoint_dir, resume=True, device=device, progress=progress)
+    print(f"loaded the finished run from {ckpt_io.shown(checkpoint_dir)} (retrain=True trains again)")
+    return TrainResult(state["history"], state["best_val_acc"], state["best_epoch"], state["epochs"], Path(checkpoint_dir))
 
 
-def _plain(cfg: TrainConfig) -> dict:
-    """The config as plain values (tuples become lists), as it round-trips through a checkpoint."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+def show_progress_bar() -> bool:
+    """Progress bars are for people watching; headless runs (VIT_PROGRESS=0: CI, the stored notebooks) log a table only."""
+    return os.environ.get("VIT_PROGRESS", "1").strip() != "0"
+
+
+class EpochLog:
+    """A compact table, one line every `cfg.log_every` epochs (and the first and last), and an optional progress bar."""
+
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int, result: TrainResult, bar: bool):
+        from tqdm.auto import tqdm
+
+        self.cfg, self.spe, self.result, self.header_done = cfg, steps_per_epoch, result, False
+        self.bar = tqdm(total=result.epochs * steps_per_epoch, initial=len(result.history) * steps_per_epoch,
+                        disable=not bar, desc="training", unit="step", mininterval=1.0, leave=False)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line)  # above the bar, without breaking it
+
+    def epoch(self, r: dict) -> None:
+        n, total = r["epoch"], self.result.epochs
+        self.bar.total = total * self.spe  # a budget may have changed it after the first epoch
+        self.bar.set_postfix(epoch=n, loss=f"{r['train_loss']:.3f}", val_acc=f"{r['val_acc']:.3f}", refresh=False)
+        if n == 1 or n % self.cfg.log_every == 0 or n == total:
+            if not self.header_done:
+                self.write(f"{'epoch':>9}  {'train loss':>10}  {'train acc':>9}  {'val loss':>8}  {'val acc':>7}  {'lr':>8}  {'img/s':>8}  {'time':>6}")
+                self.header_done = True
+            self.write(f"{f'{n}/{total}':>9}  {r['train_loss']:10.3f}  {r['train_acc']:9.3f}  {r['val_loss']:8.3f}  "
+                       f"{r['val_acc']:7.3f}  {r['lr']:8.2e}  {r['images_per_s']:8,.0f}  {self.result.train_seconds:5.0f}s")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Pace:
+    """Times each epoch, and in the first one the steady seconds per step, once compiling and graph recording
+    are over: that fixes the length of a run with a time budget, and warns before a run that would take hours."""
+
+    WARN_SECONDS = 3600
+
+    def __init__(self, steps_per_epoch: int, cfg: TrainConfig):
+        self.spe, self.cfg = steps_per_epoch, cfg
+        self.a = min(2, steps_per_epoch - 1)  # steps 0..a include compiling and recording
+        self.b = min(self.a + 10, steps_per_epoch - 1)  # enough steps for a first estimate
+        self.marks: dict[int, float] = {}
+        self.first = False
+
+    def _now(self, device: torch.device) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the GPU runs behind the CPU: wait for it before reading the clock
+        return time.perf_counter()
+
+    def start(self, epoch: int, device: torch.device) -> None:
+        self.first = epoch == 0
+        self.t0 = self._now(device)
+
+    def tick(self, i: int, device: torch.device) -> None:
+        if self.first and i in (self.a, self.b) and self.b > self.a:
+            self.marks[i] = self._now(device)
+            if i == self.b and not self.cfg.budget_minutes and self.estimate(self.cfg.epochs) > self.WARN_SECONDS:
+                warnings.warn(f"at the measured {self.images_per_s():,.0f} images/s on the {device.type.upper()}, "
+                              f"{self.cfg.epochs} epochs will take about {self.estimate(self.cfg.epochs) / 3600:.1f} hours. "
+                              "Set budget_minutes to fit the run into a time you choose (or, without a GPU, use "
+                              "VIT_MODE=quick)", stacklevel=3)
+
+    def stop(self, device: torch.device) -> float:
+        end = self._now(device)
+        if self.first:
+            self.marks[self.spe] = end
+        return end - self.t0
+
+    def step_seconds(self) -> float:
+        (i, t_i), (j, t_j) = min(self.marks.items()), max(self.marks.items())
+        return (t_j - t_i) / (j - i) if j > i else t_j - self.t0
+
+    def images_per_s(self) -> float:
+        return self.cfg.batch_size / self.step_seconds()
+
+    def estimate(self, epochs: int) -> float:
+        """Seconds for `epochs` epochs at the steady pace, evaluation included (a forward pass costs about a third of a step)."""
+        per_epoch = self.step_seconds() * (self.spe + self.cfg.val_size / self.cfg.batch_size / 3)
+        return per_epoch * epochs
+
+    def fit_budget(self, result: TrainResult, log: "EpochLog") -> int:
+        """After the first epoch: the most epochs (up to cfg.epochs) that fit into budget_minutes."""
+        first = result.history[0]["seconds"] + result.history[0]["eval_seconds"]
+        budget = 60 * self.cfg.budget_minutes
+        epochs = max(1, min(self.cfg.epochs, 1 + int((budget - first) / self.estimate(1))))
+        log.write(f"budget {self.cfg.budget_minutes:g} min: {self.images_per_s():,.0f} images/s once compiled, the first "
+                  f"epoch took {first:.0f} s -> {epochs} epochs (about {(first + self.estimate(epochs - 1)) / 60:.1f} min)")
+        return epochs

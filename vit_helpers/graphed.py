@@ -1,0 +1,85 @@
+"""The whole training step as one CUDA graph: batch making, forward, loss, backward, clipping and AdamW.
+
+A CUDA graph records a sequence of GPU kernels once and replays it with a single launch, so the CPU no
+longer has to issue hundreds of kernels per step ("whole-network capture" in PyTorch's CUDA-graph docs).
+The recorded step is `train.TrainStep.update`, the plain step, unchanged; what recording needs lives here:
+- an optimizer whose step count and learning rate are device tensors (`capturable`), the lr filled in place;
+- inputs that are fixed buffers: each step copies its draws (image indices, augmentation draws, mix row)
+  into them, and the graph makes the batch from the draws (`GPUBatches.make_batch`);
+- a few warm-up calls before recording (they compile and create the optimizer's state), after which the
+  weights and the optimizer's state are put back, so training starts where it was;
+- no host synchronisation anywhere in the step.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .data import GPUBatches
+from .train import TrainStep, set_lr
+
+
+class GraphedStep:
+    """`step(draws, lr)`: the plain step with its batch making, recorded at the first call and replayed after."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, batches: GPUBatches, warmup: int = 3):
+        if not isinstance(batches, GPUBatches):
+            raise TypeError("the whole-step CUDA graph makes its batches on the GPU: use pipeline='gpu'")
+        self.step = TrainStep(model, cfg, device, capturable=True)
+        self.model, self.batches, self.warmup = model, batches, warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: list[torch.Tensor] = []
+
+    @property
+    def totals(self) -> torch.Tensor:
+        return self.step.totals
+
+    def epoch(self, batches: GPUBatches):
+        """An epoch's draws, batch by batch (the graph makes each batch from them)."""
+        return batches.plan()
+
+    def _run(self, idx: torch.Tensor, u: torch.Tensor, mix: torch.Tensor) -> None:
+        self.step.update(*self.batches.make_batch(idx, u, mix))
+
+    def __call__(self, draws, lr: float) -> None:
+        set_lr(self.step.optimizer, lr)  # outside the graph: fills the lr tensor the graph reads
+        if self.graph is None:
+            self._record(draws)
+        for buf, t in zip(self.inputs, draws):
+            buf.copy_(t, non_blocking=True)
+        self.graph.replay()
+
+    def _record(self, draws) -> None:
+        self.inputs = [t.clone() for t in draws]
+        optimizer = self.step.optimizer
+        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+        state = {p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)} for p, s in optimizer.state.items()}
+        side = torch.cuda.Stream()  # warm-up runs on a side stream, as torch.cuda.graph expects
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._run(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._run(*self.inputs)
+        with torch.no_grad():  # undo the warm-up: the weights, the optimizer's state, this epoch's totals
+            for k, v in self.model.state_dict().items():
+                v.copy_(weights[k])
+            for p, s in optimizer.state.items():
+                for k, v in s.items():
+                    if isinstance(v, torch.Tensor):  # state the warm-up created starts from zero, as it would have
+                        v.copy_(state[p][k]) if p in state and k in state[p] else v.zero_()
+            self.step.totals.zero_()
+
+    def state_dict(self) -> dict:
+        return self.step.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        optimizer = self.step.optimizer
+        lrs = [g["lr"] for g in optimizer.param_groups]  # the tensors the graph will read
+        self.step.load_state_dict(state)
+        for group, lr in zip(optimizer.param_groups, lrs):
+            lr.fill_(float(group["lr"]))
+            group["lr"] = lr
