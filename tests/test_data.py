@@ -1,4 +1,8 @@
 """Data: the split, the GPU augmentations, the folder source and its errors."""
+import os
+import re
+import time
+
 import pytest
 import torch
 
@@ -276,3 +280,124 @@ def test_real_cifar10_folder():
     assert d.classes == D.CIFAR10_CLASSES
     assert d.train_x.shape == (50000, 3, 32, 32) and d.test_x.shape == (10000, 3, 32, 32)
     assert torch.bincount(d.test_y).tolist() == [1000] * 10
+
+
+# ---- the folder source under faults: edits, hidden files, damaged images and caches ----
+
+COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255)}
+
+
+def _image_folder(root, n=(("train", 3), ("test", 2)), suffix="bmp"):
+    """A tiny folder-per-class dataset of solid 8x8 images (BMP: a pixel edit keeps the file size)."""
+    from PIL import Image
+
+    for split, k in n:
+        for c, colour in COLOURS.items():
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(k):
+                Image.new("RGB", (8, 8), colour).save(root / split / c / f"{i}.{suffix}")
+    return root
+
+
+def test_cache_notices_an_edit_that_keeps_size_and_mtime(tmp_path):
+    from PIL import Image
+
+    root = _image_folder(tmp_path / "ds")
+    assert D.load_cifar10(root).train_x[0, 0, 0, 0] == 255
+    assert "cached" in D.load_cifar10(root).source
+    f = root / "train" / "cat" / "0.bmp"
+    st = f.stat()
+    Image.new("RGB", (8, 8), (7, 7, 7)).save(f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # as `cp -p` or an rsync would leave it
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    d = D.load_cifar10(root)
+    assert "cached" not in d.source and d.train_x[0].eq(7).all()
+    assert "cached" in D.load_cifar10(root).source
+
+
+def test_cache_keeps_one_decode_per_folder_and_no_temp_files(tmp_path):
+    from PIL import Image
+
+    root = _image_folder(tmp_path / "ds")
+    D.load_cifar10(root)
+    cache = tmp_path / "cache"
+    (first,) = cache.glob("images-*.pt")
+    killed = cache / f".{first.name}.otherhost.4242.abcd.tmp"  # a decode save killed midway, hours ago
+    killed.write_bytes(b"x" * 1000)
+    old = time.time() - 3 * 3600
+    os.utime(killed, (old, old))
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(root / "train" / "dog" / "9.bmp")
+    assert len(D.load_cifar10(root).train_x) == 7
+    assert [p.name for p in cache.iterdir()] == [next(cache.glob("images-*.pt")).name]  # the old decode went
+
+
+def test_hidden_folders_and_files_are_not_classes_or_images(tmp_path):
+    from PIL import Image
+
+    root = _image_folder(tmp_path / "ds")
+    for split in ("train", "test"):
+        (root / split / ".ipynb_checkpoints").mkdir()  # what Jupyter leaves where it ran
+        Image.new("RGB", (8, 8)).save(root / split / ".ipynb_checkpoints" / "x.bmp")
+        (root / split / "__MACOSX").mkdir()
+        (root / split / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        for c in COLOURS:
+            (root / split / c / "._0.bmp").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # macOS AppleDouble
+    d = D.load_cifar10(root)
+    assert d.classes == ("cat", "dog")
+    assert d.train_y.tolist() == [0, 0, 0, 1, 1, 1] and d.test_y.tolist() == [0, 0, 1, 1]
+
+
+def test_damaged_images_are_all_named_with_the_fix(tmp_path):
+    from PIL import Image
+
+    root = _image_folder(tmp_path / "ds", suffix="jpg")
+    g = torch.Generator().manual_seed(0)
+    Image.fromarray(torch.randint(0, 256, (16, 16, 3), generator=g, dtype=torch.uint8).numpy()).save(
+        root / "test" / "dog" / "1.jpg", quality=95)
+    noisy = (root / "test" / "dog" / "1.jpg").read_bytes()
+    (root / "test" / "dog" / "1.jpg").write_bytes(noisy[: len(noisy) * 7 // 10])  # a copy cut short
+    (root / "train" / "cat" / "2.jpg").write_text("not an image")
+    with pytest.raises(ValueError) as e:
+        D.load_cifar10(root)
+    msg = str(e.value)
+    assert "2 of 10" in msg and str(root / "test" / "dog" / "1.jpg") in msg and "truncated" in msg
+    assert str(root / "train" / "cat" / "2.jpg") in msg and "Delete or replace" in msg
+
+
+def test_image_of_another_size_is_named(tmp_path):
+    from PIL import Image
+
+    root = _image_folder(tmp_path / "ds")
+    Image.new("RGB", (6, 5)).save(root / "train" / "dog" / "1.bmp")
+    with pytest.raises(ValueError, match=r"most are 8x8.*dog/1\.bmp \(6x5\).*Resize them to 8x8"):
+        D.load_cifar10(root)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "another file"])
+def test_damaged_cache_is_reported_and_rebuilt(tmp_path, damage):
+    root = _image_folder(tmp_path / "ds")
+    want = D.load_cifar10(root)
+    (cache_file,) = (tmp_path / "cache").glob("images-*.pt")
+    if damage == "empty":
+        cache_file.write_bytes(b"")
+    elif damage == "truncated":
+        cache_file.write_bytes(cache_file.read_bytes()[:300])
+    else:  # a readable torch file of something else: wrong shapes and labels under the right name
+        torch.save({"key": "?", "train_x": torch.zeros(1), "train_y": torch.zeros(1), "test_x": torch.zeros(1),
+                    "test_y": torch.zeros(1), "classes": ["x"], "train_mean": 0}, cache_file)
+    with pytest.warns(UserWarning, match=f"decode cache {re.escape(str(cache_file))} can't be used"):
+        d = D.load_cifar10(root)
+    assert torch.equal(d.train_x, want.train_x) and torch.equal(d.test_y, want.test_y)
+    assert "cached" in D.load_cifar10(root).source  # rewritten
+
+
+def test_cache_that_cannot_be_written_only_warns(tmp_path, monkeypatch):
+    root = _image_folder(tmp_path / "ds")
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.warns(UserWarning, match="could not write the decode cache.*No space left"):
+        d = D.load_cifar10(root)  # the decode is not lost to a full disk
+    assert d.classes == ("cat", "dog") and len(d.train_x) == 6

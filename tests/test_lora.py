@@ -1,5 +1,6 @@
 """LoRA: starts equal to the base, trains only what it should, merges, saves, and refuses bad input."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -107,3 +108,108 @@ def test_new_head_for_another_task(base):
     add_lora(model, ATTENTION_TARGETS, r=2, trainable=("head",))
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 7)
     assert model.head.weight.requires_grad
+
+
+# ---- adapters meet the wrong base, half-failed add_lora, damaged adapter files ----
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _untouched(model, state, flags):
+    return (not lora.lora_layers(model) and [p.requires_grad for p in model.parameters()] == flags
+            and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items()) and state.keys() == model.state_dict().keys())
+
+
+def test_adapters_refuse_another_base_of_the_same_config(base, tiny_args, tmp_path):
+    model = _trained_adapters(base)
+    x = torch.randn(2, 3, 16, 16)
+    want = model(x)
+    lora.merge_lora(model)  # the fingerprint is the base's as it was before merging
+    path = lora.save_adapters(model, tmp_path / "a.pt")
+    other = VisionTransformer(tiny_args).eval()  # same config, another initialisation
+    state, flags = _state(other), [p.requires_grad for p in other.parameters()]
+    with pytest.raises(ValueError, match="trained on another base model.*check_base=False"):
+        lora.load_adapters(other, path)
+    assert _untouched(other, state, flags)
+    with pytest.warns(UserWarning, match="another base model"):
+        lora.load_adapters(other, path, check_base=False)
+    assert not torch.allclose(other(x), want, atol=1e-3)  # what the check guards against
+    fresh = copy.deepcopy(base)
+    with torch.no_grad():
+        fresh.head.weight.add_(1)  # the head comes from the file: a base that differs only there is the same base
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lora.load_adapters(fresh, path)
+    torch.testing.assert_close(fresh(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_adapter_file_without_fingerprint_loads_with_a_warning(base, tmp_path):
+    path = lora.save_adapters(_trained_adapters(base), tmp_path / "a.pt")
+    saved = torch.load(path, weights_only=True)
+    saved.pop("base_fingerprint", None)  # as older vit_helpers wrote them
+    torch.save(saved, path)
+    with pytest.warns(UserWarning, match="no base-model fingerprint"):
+        lora.load_adapters(copy.deepcopy(base), path)
+
+
+def test_failed_add_lora_leaves_the_model_as_it_was(base):
+    model = copy.deepcopy(base)
+    state, flags = _state(model), [p.requires_grad for p in model.parameters()]
+    with pytest.raises(ValueError, match="rank must be an integer from 1 to 5") as e:
+        add_lora(model, ("attn.wq", "head"), r=8)  # fine for attn.wq, too big for the 5-class head
+    assert _untouched(model, state, flags)
+    assert "for head" in str(e.value)
+    assert len(add_lora(model, ("attn.wq",), r=8)) == base.args.n_layers  # and a retry works
+
+
+def test_add_lora_rolls_back_a_failure_midway(base, monkeypatch):
+    model = copy.deepcopy(base)
+    model.pos_embedding.requires_grad_(False)  # restored as it was, not to True
+    state, flags = _state(model), [p.requires_grad for p in model.parameters()]
+    wq = model.transformer[0].attn.wq
+    made, real_init = [], LoRALinear.__init__
+
+    def out_of_memory_on_the_third(self, *a, **k):
+        if len(made) == 2:
+            raise RuntimeError("CUDA out of memory")
+        real_init(self, *a, **k)
+        made.append(self)
+
+    monkeypatch.setattr(LoRALinear, "__init__", out_of_memory_on_the_third)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        add_lora(model, ATTENTION_TARGETS, r=2)
+    assert _untouched(model, state, flags) and model.transformer[0].attn.wq is wq
+
+
+def test_trainable_prefix_that_matches_nothing_is_refused(base):
+    model = copy.deepcopy(base)
+    with pytest.raises(ValueError, match=r"trainable prefixes \['haed'\] match no parameter"):
+        add_lora(model, ATTENTION_TARGETS, r=2, trainable=("haed",))  # the head would silently stay frozen
+    assert not lora.lora_layers(model)
+
+
+def test_model_checkpoint_given_as_adapters_says_what_it_is(base, tmp_path):
+    from vit_helpers.checkpoint import atomic_save
+
+    path = atomic_save({"model_args": base.args.to_dict(), "model": base.state_dict()}, tmp_path / "best.pt")
+    with pytest.raises(ValueError, match="is a model checkpoint; load it with") as e:
+        lora.load_adapters(copy.deepcopy(base), path)
+    assert str(path) in str(e.value)
+    good = lora.save_adapters(_trained_adapters(base), tmp_path / "a.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="cut short") as e:
+        lora.load_adapters(copy.deepcopy(base), tmp_path / "cut.pt")
+    assert str(tmp_path / "cut.pt") in str(e.value)
+
+
+def test_adapter_file_missing_a_matrix_is_refused_and_leaves_the_model_as_it_was(base, tmp_path):
+    path = lora.save_adapters(_trained_adapters(base), tmp_path / "a.pt")
+    saved = torch.load(path, weights_only=True)
+    del saved["state"]["transformer.1.attn.wv.lora_B"]  # strict=False loading left it at zero: no error, wrong outputs
+    torch.save(saved, path)
+    model = copy.deepcopy(base)
+    state, flags = _state(model), [p.requires_grad for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"lacks \['transformer.1.attn.wv.lora_B'\]"):
+        lora.load_adapters(model, path)
+    assert _untouched(model, state, flags)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 import tempfile
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -17,29 +21,196 @@ from .model import VisionTransformer
 ARCHITECTURE_FIELDS = ("dim", "hidden_dim", "n_heads", "n_layers", "patch_size", "n_channels", "image_size", "n_classes")
 
 
+class CheckpointError(ValueError):
+    """A file that exists but can't be read as what was asked for: empty, cut short, another format, missing keys."""
+
+
+# What a model checkpoint holds (what load_weights and load_model read): load(path, keys=CHECKPOINT_KEYS).
+CHECKPOINT_KEYS = ("model_args", "model")
+# A temporary file whose writer can't be checked (another host, an older name) counts as abandoned after this long
+# unmodified: torch.save writes without pause, so a live writer keeps its file's mtime fresh.
+STALE_TEMP_SECONDS = 3600.0
+_writing: set[str] = set()  # names of the temporary files this process is writing now (other threads' saves)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would signal the process there; fall back on the age rule
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's
+        return True
+    return True
+
+
+def _stale_temps(folder: Path, prefix: str, max_age: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """The `<prefix>*.tmp` files in `folder` that atomic_save writers left behind and no live process still writes."""
+    host, now = _host(), time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    stale = []
+    for e in entries:
+        if not (e.name.startswith(prefix) and e.name.endswith(".tmp")) or e.name in _writing:
+            continue
+        try:
+            if not e.is_file(follow_symlinks=False):
+                continue
+            age = now - e.stat(follow_symlinks=False).st_mtime
+        except OSError:  # gone meanwhile
+            continue
+        # Our names end .<host>.<pid>.<random>.tmp; the writer is known dead if it ran on this host and its pid is
+        # gone, or the pid is ours (reused after a restart: this process's live saves are in _writing).
+        parts = e.name[: -len(".tmp")].rsplit(".", 3)
+        if len(parts) == 4 and parts[1] == host and parts[2].isdigit():
+            pid = int(parts[2])
+            if pid == os.getpid() or not _pid_alive(pid):
+                stale.append(Path(e.path))
+                continue
+        if age > max_age:
+            stale.append(Path(e.path))
+    return stale
+
+
+def _remove_stale_temps(folder: Path, prefix: str) -> None:
+    for stale in _stale_temps(folder, prefix):
+        try:
+            stale.unlink()
+        except OSError:  # best effort: another cleaner got there first, or we may not
+            pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)  # makes the rename itself durable; without it a power cut can bring the old file back
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file.
+
+    Temporary files that killed writers of the same path left behind (`.<name>.<host>.<pid>.<random>.tmp`) are
+    removed first, once their writer is known dead (same host, pid gone) or they are over an hour old.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temps(path.parent, f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp")
+    _writing.add(os.path.basename(tmp))
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if hasattr(e, "add_note"):  # Python 3.11+
+            e.add_note(f"while saving {path}; the file there before (if any) is unchanged")
         raise
+    finally:
+        _writing.discard(os.path.basename(tmp))
+    _fsync_dir(path.parent)
     return path
 
 
-def load(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint safely (tensors and plain Python values only)."""
+_REDO = ("It was probably cut short by an interrupted save, copy or download, or a full disk: copy or download it "
+         "again, or use another checkpoint (training keeps best.pt and last.pt).")
+
+
+def _first_line(e: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours some messages
+    found = re.search(r"WeightsUnpickler error: (.*)", text)  # the one line of the refusal that says what it met
+    line = found.group(1) if found else (text.splitlines() or [""])[0]
+    return f"{type(e).__name__}: {line[:200]}"
+
+
+def _load_error(path: Path, e: BaseException) -> CheckpointError:
+    """Why torch.load failed on `path`, in words, with what to do."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        return CheckpointError(f"{path} is a Git LFS pointer, not the weights themselves. Fetch them: `git lfs pull` "
+                               f"in the repository (or download the file again).")
+    if head.lstrip().startswith(b"<"):
+        return CheckpointError(f"{path} is a web page (HTML or XML), not a checkpoint: a download saved an error or "
+                               f"login page. Download the file itself again.")
+    if head.startswith(b"PK\x03\x04"):  # torch's zip format
+        if not zipfile.is_zipfile(path):
+            return CheckpointError(f"{path} is cut short: a PyTorch archive without its end ({path.stat().st_size:,} "
+                                   f"bytes). {_REDO}")
+    elif not head.startswith(b"\x80"):  # neither zip nor pickle (torch's legacy format)
+        return CheckpointError(f"{path} is not a PyTorch checkpoint (it starts with {head[:16]!r}). Check the path: "
+                               f"it should be a .pt file written by torch.save or vit_helpers.")
+    if "Weights only load failed" in str(e):
+        return CheckpointError(
+            f"{path} holds Python objects besides tensors and plain values, which load() refuses to unpickle because "
+            f"that can run arbitrary code. If you trust the file, read it with torch.load(path, weights_only=False) "
+            f"and save only its tensors and plain values. ({_first_line(e)})")
+    return CheckpointError(f"{path} is damaged: torch can't read it ({_first_line(e)}). {_REDO}")
+
+
+def _missing_keys_error(path: Path, obj: dict, missing: list[str]) -> CheckpointError:
+    if {"targets", "state"} <= obj.keys():
+        what = "a LoRA adapter file; add it to its base model with vit_helpers.lora.load_adapters(model, path)"
+    elif {"model_args", "model"} <= obj.keys():
+        what = "a model checkpoint; load it with vit_helpers.checkpoint.load_model(path) or load_weights(model, path)"
+    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        what = ("a bare state_dict (parameter name -> tensor), not a vit_helpers checkpoint; build the model yourself "
+                "and call model.load_state_dict(torch.load(path, weights_only=True)), or re-save it with "
+                "atomic_save({'model_args': model.args.to_dict(), 'model': model.state_dict()}, path)")
+    else:
+        what = f"not the kind of file expected here (its keys: {sorted(map(str, obj))[:8]}); check the path"
+    return CheckpointError(f"{path} lacks {missing}: it is {what}.")
+
+
+def load(path: str | os.PathLike, map_location="cpu", keys: Iterable[str] = ()) -> dict:
+    """Read a checkpoint safely (tensors and plain values only); a file that isn't one raises CheckpointError.
+
+    keys: top-level keys the file must have, e.g. CHECKPOINT_KEYS (default: none, any dict).
+    The error names the file, says what is wrong with it (empty, cut short, another format, missing keys)
+    and what to do.
+    """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pt"))
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file; pass a file in it"
+                                + (f", e.g. {path / inside[0]} (it holds {inside[:4]})" if inside else " (it holds no .pt files)"))
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes). {_REDO}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError... for a bad file
+        raise _load_error(path, e) from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint (a dict); check the path, or "
+                              f"save checkpoints with vit_helpers.checkpoint.atomic_save({{'model_args': ..., 'model': ...}}, path).")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise _missing_keys_error(path, obj, missing)
+    return obj
 
 
 def config_differences(saved: dict, args: ModelArgs) -> list[str]:

@@ -7,7 +7,10 @@ Either way the images are decoded once into uint8 tensors and cached on disk.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +55,26 @@ def _missing_data_error(cause: BaseException | None) -> RuntimeError:
     )
 
 
+class DataError(ValueError):
+    """Image files that can't be used as they are; the message names them and says what to do."""
+
+
+# Part of the cache key: bump it whenever decoding or listing changes, so no cache of the old way is served.
+CACHE_FORMAT = 2
+_CACHE_KEYS = ("key", "train_x", "train_y", "test_x", "test_y", "classes")
+_SKIPPED_NAMES = {"__MACOSX"}  # the resource-fork folder macOS's zip adds
+
+
+def _visible(entry: os.DirEntry) -> bool:
+    return not entry.name.startswith(".") and entry.name not in _SKIPPED_NAMES
+
+
 def _list_folder(root: Path) -> dict[str, list[tuple[str, list[Path]]]]:
-    """{split: [(class, sorted files), ...]} for a folder-per-class tree, checked."""
+    """{split: [(class, sorted image files), ...]} for a folder-per-class tree, checked.
+
+    Hidden names (starting with ".") and __MACOSX are skipped, folders and files alike: Jupyter's
+    .ipynb_checkpoints is not a class, and macOS's ._name.jpg (AppleDouble) and .DS_Store are not images.
+    """
     tree = {}
     for split in ("train", "test"):
         d = root / split
@@ -62,46 +83,130 @@ def _list_folder(root: Path) -> dict[str, list[tuple[str, list[Path]]]]:
                 f"{root} is not a folder-per-class dataset: {d} is missing. Expected "
                 f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
             )
-        classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+        classes = sorted(e.name for e in os.scandir(d) if _visible(e) and e.is_dir())
         if not classes:
             raise FileNotFoundError(f"{d} has no class folders; expected {d}/<class>/*.jpg")
-        tree[split] = [(c, sorted(p for p in (d / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)) for c in classes]
-        for c, files in tree[split]:
-            if not files:
+        tree[split] = []
+        for c in classes:
+            names = sorted(e.name for e in os.scandir(d / c)
+                           if _visible(e) and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file())
+            if not names:
                 raise FileNotFoundError(f"{d / c} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            tree[split].append((c, [d / c / n for n in names]))
     train_classes = [c for c, _ in tree["train"]]
     if train_classes != [c for c, _ in tree["test"]]:
         raise ValueError(f"train and test of {root} have different class folders: {train_classes} vs {[c for c, _ in tree['test']]}")
     return tree
 
 
-def _decode_folder(root: Path) -> ImageData:
-    from PIL import Image
+def _bad_files_error(root: Path, bad: list[str], n: int, doing: str) -> DataError:
+    shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+    return DataError(f"{len(bad)} of {n} image files in {root} can't be {doing}:\n  {shown}\n"
+                     f"Delete or replace them (or move them out of the class folders), then load again.")
 
-    tree = _list_folder(root)
-    out = {}
+
+def _scan(root: Path, tree: dict, decode: bool) -> tuple[str, ImageData | None]:
+    """(key, images): the key hashes every listed file's split/class/name and bytes, so any edit, addition,
+    removal or rename changes it; with `decode`, also the images decoded from those same bytes."""
+    from PIL import Image, UnidentifiedImageError
+
+    h = hashlib.sha256(f"vit_helpers image cache, format {CACHE_FORMAT}\0".encode())
+    bad, out, n = [], {}, 0
     for split, entries in tree.items():
-        images, labels = [], []
-        for label, (_, files) in enumerate(entries):
-            for f in files:
-                with Image.open(f) as im:
-                    images.append(np.asarray(im.convert("RGB")))
+        images, labels, files = [], [], []
+        for label, (c, paths_) in enumerate(entries):
+            for f in paths_:
+                n += 1
+                try:
+                    raw = f.read_bytes()
+                except OSError as e:
+                    bad.append(f"{f}: can't read it ({e.strerror or e})")
+                    continue
+                h.update(f"{split}/{c}/{f.name}\0{len(raw)}\0".encode())
+                h.update(raw)
+                if not decode:
+                    continue
+                try:
+                    with Image.open(io.BytesIO(raw)) as im:
+                        images.append(np.asarray(im.convert("RGB")))
+                except UnidentifiedImageError:
+                    bad.append(f"{f}: not an image PIL can read ({len(raw):,} bytes)")
+                    continue
+                except Exception as e:  # PIL raises many kinds (OSError for truncated files, ValueError, SyntaxError...)
+                    bad.append(f"{f}: {type(e).__name__}: {e}")
+                    continue
                 labels.append(label)
-        sizes = {a.shape for a in images}
-        if len(sizes) != 1:
-            raise ValueError(f"images in {root / split} differ in size ({sorted(sizes)[:3]}...); resize them to one size first")
-        out[split] = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels))  # (N,H,W,C)->(N,C,H,W)
-    classes = tuple(c for c, _ in tree["train"])
-    return ImageData(*out["train"], *out["test"], classes=classes, source=f"folder {root}")
+                files.append(f)
+        if decode and not bad:
+            sizes = Counter(a.shape for a in images)
+            if len(sizes) > 1:
+                (hh, ww, _), _ = sizes.most_common(1)[0]
+                odd = [f"{f} ({a.shape[1]}x{a.shape[0]})" for f, a in zip(files, images) if a.shape[:2] != (hh, ww)]
+                raise DataError(f"images in {root / split} differ in size: most are {ww}x{hh}, but {len(odd)} are not, "
+                                f"e.g. {', '.join(odd[:3])}. Resize them to {ww}x{hh} or remove them.")
+            out[split] = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels))  # (N,H,W,C)->(N,C,H,W)
+    if bad:
+        raise _bad_files_error(root, bad, n, "decoded" if decode else "read")
+    data = ImageData(*out["train"], *out["test"], classes=tuple(c for c, _ in tree["train"]), source=f"folder {root}") if decode else None
+    return h.hexdigest()[:32], data
 
 
-def _folder_key(root: Path) -> str:
-    h = hashlib.sha1(str(root.resolve()).encode())
+def _cache_problem(d: dict, key: str, classes: tuple[str, ...]) -> str | None:
+    """What is wrong with a loaded cache dict, or None."""
+    if d["key"] != key:
+        return "it was made from other files"
+    if tuple(d["classes"]) != classes:
+        return f"its classes {d['classes']} are not the folder's {list(classes)}"
     for split in ("train", "test"):
-        for f in sorted((root / split).rglob("*")):
-            if f.is_file():
-                h.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
+        x, y = d[f"{split}_x"], d[f"{split}_y"]
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4
+                and isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (len(x),)):
+            return f"its {split} tensors are malformed"
+    return None
+
+
+def _read_cache(cache_file: Path, key: str, root: Path, classes: tuple[str, ...]) -> ImageData | None:
+    """The cached decode, or None when there is none or it can't be used (then it is removed, with a warning)."""
+    from .checkpoint import load
+
+    try:
+        d = load(cache_file, keys=_CACHE_KEYS)
+        problem = _cache_problem(d, key, classes)
+    except FileNotFoundError:  # none yet, or another process replaced it meanwhile
+        return None
+    except Exception as e:  # CheckpointError (empty, cut short, not a torch file), odd contents: it is only a cache
+        problem = str(e)
+    if problem:
+        warnings.warn(f"the decode cache {cache_file} can't be used ({problem}); decoding {root} again and "
+                      f"rewriting it", stacklevel=3)
+        try:
+            cache_file.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return None
+    return ImageData(d["train_x"], d["train_y"], d["test_x"], d["test_y"], tuple(d["classes"]), source=f"folder {root} (cached decode)")
+
+
+def _write_cache(cache_file: Path, key: str, data: ImageData, folder_id: str) -> None:
+    """Save the decode; a failure only warns (the images are decoded), and older decodes of the folder are removed."""
+    from .checkpoint import _remove_stale_temps, atomic_save
+
+    try:
+        atomic_save({"key": key, "train_x": data.train_x, "train_y": data.train_y, "test_x": data.test_x,
+                     "test_y": data.test_y, "classes": list(data.classes)}, cache_file)
+    except (OSError, RuntimeError) as e:  # disk full, read-only folder (torch reports failed writes as RuntimeError)
+        warnings.warn(f"could not write the decode cache {cache_file} ({type(e).__name__}: {str(e).strip()[:200]}); "
+                      f"the images are decoded, but the next load decodes them again. Free some disk space, or point "
+                      f"VIT_CACHE_DIR at a writable folder.", stacklevel=3)
+        return
+    # One cache per data folder: each edit of the images would otherwise leave a full-size decode behind.
+    for old in cache_file.parent.glob(f"images-{folder_id}-*.pt"):
+        if old != cache_file:
+            try:
+                old.unlink()
+            except OSError:
+                pass
+    _remove_stale_temps(cache_file.parent, f".images-{folder_id}-")  # of killed writes under an older key
 
 
 def _download(name: str = "CIFAR10") -> ImageData:
@@ -120,7 +225,11 @@ def _download(name: str = "CIFAR10") -> ImageData:
 
 
 def load_cifar10(data_dir: str | os.PathLike | None = None, cache: bool = True) -> ImageData:
-    """CIFAR-10 as uint8 tensors, from `data_dir`, else $VIT_DATA_DIR, else torchvision's download."""
+    """CIFAR-10 as uint8 tensors, from `data_dir`, else $VIT_DATA_DIR, else torchvision's download.
+
+    A folder's decode is cached under the hash of its image files' names and bytes: any change to them is
+    noticed (and decoded afresh); a damaged cache is reported and rebuilt.
+    """
     origin = "data_dir" if data_dir else DATA_DIR_ENV
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
     if data_dir is None:
@@ -128,17 +237,15 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, cache: bool = True) 
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise _missing_data_error(FileNotFoundError(f"{root} (from {origin}) is not a folder"))
-    cache_file = paths.cache_dir() / f"images-{_folder_key(root)}.pt"
-    if cache and cache_file.is_file():
-        d = torch.load(cache_file, weights_only=True)
-        return ImageData(d["train_x"], d["train_y"], d["test_x"], d["test_y"], tuple(d["classes"]), source=f"folder {root} (cached decode)")
-    data = _decode_folder(root)
-    if cache:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"train_x": data.train_x, "train_y": data.train_y, "test_x": data.test_x, "test_y": data.test_y,
-                    "classes": list(data.classes)}, tmp)
-        os.replace(tmp, cache_file)
+    tree = _list_folder(root)
+    if not cache:
+        return _scan(root, tree, decode=True)[1]
+    folder_id = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    key, _ = _scan(root, tree, decode=False)
+    data = _read_cache(paths.cache_dir() / f"images-{folder_id}-{key}.pt", key, root, tuple(c for c, _ in tree["train"]))
+    if data is None:
+        key, data = _scan(root, tree, decode=True)  # the key of the bytes decoded, should a file change meanwhile
+        _write_cache(paths.cache_dir() / f"images-{folder_id}-{key}.pt", key, data, folder_id)
     return data
 
 
