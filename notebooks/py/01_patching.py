@@ -7,7 +7,7 @@
 # CIFAR-10 images into the sequence a Vision Transformer (ViT) reads, one shape at a time.
 #
 # The series follows Pasha Shaik's article *Building Vision Transformer from Scratch: A PyTorch Deep
-# Dive Plus a Teaser on LORA for Part 2* (Medium, 2023), which writes a small ViT in PyTorch and
+# Dive Plus a Teaser on LORA for Part 2* (November 2023), which writes a small ViT in PyTorch and
 # trains it on CIFAR-10. We call it "the article" from here on: we keep its names (`ModelArgs`,
 # `img_to_patch`, `MultiHeadAttention`, ...) and its model size, and point out where we fix it.
 #

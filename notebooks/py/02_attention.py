@@ -7,7 +7,7 @@
 # it looks. This notebook builds it up from a plain average on four hand-made tokens, writes it from
 # scratch, checks it against PyTorch, and shows a real bug in the article this series follows (Pasha
 # Shaik's *Building Vision Transformer from Scratch: A PyTorch Deep Dive Plus a Teaser on LORA for
-# Part 2*, Medium, 2023; "the article" from here on).
+# Part 2*, November 2023; "the article" from here on).
 #
 # **You will learn**
 # - attention in three steps: a plain average, a weighted average by similarity, then queries,
@@ -419,7 +419,7 @@ plt.show()
 # their queries, so within a head they ask nearly the same question and their rows look alike, mostly
 # peaking on the same key (token 4 in heads 0 and 3, token 6 in head 1). Their vectors are also
 # longer, so their scores are larger and their rows sharper: the √d effect again. The other rows are
-# close to uniform, 1/12 ≈ 0.08 per key. *Which* keys they peak on is an accident of the random
+# much flatter, near the uniform 1/12 ≈ 0.08 per key. *Which* keys they peak on is an accident of the random
 # projections: nothing here is learned yet. Training is what makes heads look for something useful;
 # notebook 06 draws the trained model's attention over real images.
 #

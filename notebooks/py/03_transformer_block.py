@@ -7,7 +7,7 @@
 # lets each token think on its own (an MLP, a small two-layer network applied to every token
 # separately), with normalisation and residual connections around both. We build the block of the
 # article this series follows (Pasha Shaik's *Building Vision Transformer from Scratch: A PyTorch
-# Deep Dive Plus a Teaser on LORA for Part 2*, Medium, 2023; "the article" from here on).
+# Deep Dive Plus a Teaser on LORA for Part 2*, November 2023; "the article" from here on).
 #
 # **You will learn**
 # - what LayerNorm normalises, and how it differs from BatchNorm;
