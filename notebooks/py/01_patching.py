@@ -4,7 +4,12 @@
 # # 01 · From an image to a sequence of patches
 #
 # A transformer reads a sequence of vectors. An image is a grid of pixels. This notebook turns
-# CIFAR-10 images into the sequence a Vision Transformer reads, one shape at a time.
+# CIFAR-10 images into the sequence a Vision Transformer (ViT) reads, one shape at a time.
+#
+# The series follows Pasha Shaik's article *Building Vision Transformer from Scratch: A PyTorch Deep
+# Dive Plus a Teaser on LORA for Part 2* (November 2023), which writes a small ViT in PyTorch and
+# trains it on CIFAR-10. We call it "the article" from here on: we keep its names (`ModelArgs`,
+# `img_to_patch`, `MultiHeadAttention`, ...) and its model size, and point out where we fix it.
 #
 # **You will learn**
 # - how `img_to_patch` cuts an image into non-overlapping patches with one `reshape` and one `permute`;
@@ -40,23 +45,27 @@ from vit_helpers.data import CIFAR10_CLASSES, load_cifar10
 from vit_helpers.plots import show_images, show_patch_grid
 
 runtime.print_mode()
-torch.manual_seed(0)
+_ = torch.manual_seed(0)  # `_ =` keeps the returned generator object out of the output
 
 # %% [markdown]
 # ## Real images
 # We load CIFAR-10 as uint8 tensors: 50,000 training and 10,000 test images of 32x32 pixels in
 # 10 classes. (`load_cifar10` downloads it with torchvision, or reads a local folder when
-# `VIT_DATA_DIR` points at one; it decodes once and caches the result.)
+# `VIT_DATA_DIR` points at one; it decodes once and caches the result.) A local folder lists its
+# images class by class, so the first few would all be airplanes: we take the first image of each
+# class instead.
 
 # %%
 data = load_cifar10()
-print(data)
-images = data.train_x[:8]
+print(f"{len(data.train_x):,} training and {len(data.test_x):,} test images of shape {tuple(data.train_x.shape[1:])}")
+first_of_class = [int((data.train_y == c).nonzero()[0]) for c in range(len(CIFAR10_CLASSES))]
+images = data.train_x[first_of_class]  # one image per class
 print("a batch of images:", tuple(images.shape), images.dtype)  # (B, C, H, W)
-fig = show_images(images, [CIFAR10_CLASSES[i] for i in data.train_y[:8]])
+fig = show_images(images, list(CIFAR10_CLASSES), ncols=5, size=1.6)
 
 # %% [markdown]
-# Eight training images with their labels. At 32x32 pixels even people find some of them hard.
+# One training image of each of the ten classes, with its label. At 32x32 pixels even people find
+# some of them hard to recognise.
 #
 # ## Cutting one image into patches, step by step
 # With patch size P = 4 a 32x32 image becomes an 8x8 grid of 4x4 patches. Start from a batch shaped
@@ -77,13 +86,15 @@ print("sequence of vectors:", tuple(patches.shape))
 
 # %% [markdown]
 # Four shapes: the permute is the only step that moves data; the reshapes only re-label axes.
-# The result is a sequence of N = 64 vectors of C·P·P = 48 numbers. Here is the first image's grid:
+# The result is a sequence of N = 64 vectors of C·P·P = 48 numbers. Here are the horse's
+# (image 7's) 64 patches, drawn apart with small gaps:
 
 # %%
-fig = show_patch_grid(images[0], P)
+fig = show_patch_grid(images[7], P)
 
 # %% [markdown]
-# The patches are read row by row, left to right: patch 1 is the top row's second patch.
+# The patches are read row by row, left to right: patch 0 is the top-left one, patch 1 the top
+# row's second, patch 8 the first of the second row.
 #
 # ## Checking it against two independent formulations
 # `torch.nn.functional.unfold` extracts sliding blocks; with stride equal to the block size they are
@@ -115,8 +126,15 @@ print(tuple(vh.img_to_patch(torch.zeros(2, 3, 32, 32), 4).shape))
 
 # %% [markdown]
 # ## Patch size, sequence length and cost
-# Smaller patches mean more tokens. Self-attention compares every token with every other, so its
-# cost grows with the square of the sequence length, while the linear layers grow linearly.
+# Each vector the transformer reads is called a **token**. Smaller patches mean more tokens.
+# Self-attention (notebook 02) compares every token with every other, so its cost grows with the
+# square of the sequence length, while the linear layers grow linearly.
+#
+# The table counts one token more than there are patches. A ViT puts an extra vector in front of
+# the patch tokens, the **[CLS] token** ("classification", a name taken from the language model
+# BERT): it holds no pixels, is learned like a weight, gathers information from the patches as the
+# layers run, and the classifier reads only its final vector. Notebook 04 builds it and shows why
+# it helps.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -129,25 +147,131 @@ for p in (2, 4, 8, 16):
 # %% [markdown]
 # Patch 2 would give 257 tokens and about 4x the compute of patch 4; patch 8 only 17 tokens, each
 # summarising a quarter of the image's width. The article (and we) use patch 4: 65 tokens.
+#
+# To draw a patch grid on an image, note that `imshow` centres pixel i at coordinate i, so pixel i
+# covers i - 0.5 to i + 0.5 and the edge between patches k-1 and k lies at k·P - 0.5:
 
 # %%
 import matplotlib.pyplot as plt
 
 fig, axes = plt.subplots(1, 3, figsize=(8, 2.8))
 for ax, p in zip(axes, (2, 4, 8)):
-    grid = vh.patch_to_img(vh.img_to_patch(x[:1], p), p, 32)[0]
-    ax.imshow(grid.permute(1, 2, 0).numpy())  # (C,H,W)->(H,W,C)
-    ax.set_xticks(range(-1, 32, p)); ax.set_yticks(range(-1, 32, p))
-    ax.grid(color="white", linewidth=0.8); ax.set_xticklabels([]); ax.set_yticklabels([])
-    ax.set_title(f"patch {p}: {(32 // p) ** 2} tokens")
+    ax.imshow(x[7].permute(1, 2, 0).numpy())  # (C, H, W) -> (H, W, C)
+    for edge in range(p, 32, p):  # inner patch edges, on pixel boundaries
+        ax.axhline(edge - 0.5, color="white", linewidth=0.8)
+        ax.axvline(edge - 0.5, color="white", linewidth=0.8)
+    ax.set_xticks([]); ax.set_yticks([])
+    ax.set_title(f"patch {p}: {(32 // p) ** 2} patches")
 fig.tight_layout()
 
 # %% [markdown]
-# The same image under three patch grids. Each cell becomes one token.
+# The same horse under three patch grids; every line runs between two rows or columns of pixels,
+# never through one. Each cell becomes one token (plus [CLS]).
 #
 # ## Exercises
-# 1. Write `img_to_patch` with `einops.rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=P, p2=P)`
-#    and check it equals ours.
-# 2. What goes wrong if you skip the `permute` and `reshape` straight to (B, N, C·P·P)? Draw the
-#    "patches" you get.
-# 3. Patches may overlap (stride < P). How many tokens would a 32x32 image give with P=4, stride 2?
+# 1. **einops.** Write `img_to_patch` with
+#    `einops.rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=P, p2=P)` and check it equals
+#    ours.
+#
+# <details><summary>Hint</summary>
+#
+# Read the pattern left to right: `(h p1)` splits an axis in two (our first `reshape`), the order of
+# the letters on the right is our `permute`, and `(h w)`, `(c p1 p2)` merge axes (our `flatten`s).
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import torch
+# import vit_helpers as vh
+#
+# P = 4
+# x = torch.rand(2, 3, 32, 32)  # (B, C, H, W)
+# try:
+#     from einops import rearrange
+#     by_einops = rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=P, p2=P)
+#     print("einops == img_to_patch:", torch.equal(by_einops, vh.img_to_patch(x, P)))
+# except ModuleNotFoundError:
+#     print("einops is not installed here (pip install einops); the pattern spelled out in torch:")
+# b, c, H, W = x.shape
+# h, w = H // P, W // P
+# by_letters = (x.reshape(b, c, h, P, w, P)  # b c (h p1) (w p2) -> b c h p1 w p2
+#               .permute(0, 2, 4, 1, 3, 5)  # -> b h w c p1 p2
+#               .reshape(b, h * w, c * P * P))  # -> b (h w) (c p1 p2)
+# print("pattern, letter by letter == img_to_patch:", torch.equal(by_letters, vh.img_to_patch(x, P)))
+# ```
+#
+# Both print `True`: the einops pattern is the same reshape, permute and flatten as ours, written as
+# one line that names every axis.
+#
+# </details>
+#
+# 2. **Skip the permute.** What goes wrong if you skip the `permute` and `reshape` straight to
+#    (B, N, C·P·P)? Draw the "patches" you get.
+#
+# <details><summary>Hint</summary>
+#
+# Use an image whose values are their own coordinates (value = 1024·channel + 32·row + column),
+# then look at which pixels land in "patch" 0 with and without the permute.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import matplotlib.pyplot as plt
+# import torch
+# import vit_helpers as vh
+#
+# P = 4
+# coords = torch.arange(3 * 32 * 32).view(1, 3, 32, 32)  # value = 1024*channel + 32*row + col
+# right = vh.img_to_patch(coords, P)  # (B, N, C*P*P)
+# wrong = coords.reshape(1, 64, 3 * P * P)  # (B, N, C*P*P) without the permute
+# for name, seq in (("with permute", right), ("no permute", wrong)):
+#     v = seq[0, 0]  # "patch" 0
+#     print(f"{name:12s} patch 0: channels {sorted(set((v // 1024).tolist()))}, "
+#           f"rows {sorted(set((v % 1024 // 32).tolist()))}, columns {int(min(v % 32))}..{int(max(v % 32))}")
+#
+# ramp = torch.linspace(0, 1, 32)
+# image = torch.stack([ramp.view(32, 1).expand(32, 32), ramp.view(1, 32).expand(32, 32), torch.full((32, 32), 0.5)])
+# fig, axes = plt.subplots(1, 2, figsize=(5, 2.6))
+# for ax, seq, title in ((axes[0], vh.img_to_patch(image[None], P), "with permute"),
+#                        (axes[1], image[None].reshape(1, 64, 3 * P * P), "without permute")):
+#     ax.imshow(vh.patch_to_img(seq, P, 32)[0].permute(1, 2, 0).numpy())  # patches drawn back in place
+#     ax.set_title(title, fontsize=9); ax.axis("off")
+# ```
+#
+# With the permute, patch 0 holds all three channels of rows 0-3, columns 0-3: a 4x4 square. Without
+# it, the 48 numbers are just the next 48 values in memory: channel 0 only, all of row 0 and half of
+# row 1, a thin strip. Drawn back in place, the smooth colour ramp is unrecognisable: the first
+# third of the "patches" hold only red values (so they show as greys), the next third only green,
+# the last only blue.
+#
+# </details>
+#
+# 3. **Overlapping patches.** Patches may overlap (stride < P). How many tokens would a 32x32 image
+#    give with P=4, stride 2?
+#
+# <details><summary>Hint</summary>
+#
+# Along one side, windows start at 0, 2, 4, ... as long as the window still fits: (32 - 4) / 2 + 1
+# starts. `F.unfold` takes a `stride` argument, so you can check your count.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import torch
+# import torch.nn.functional as F
+#
+# P, stride = 4, 2
+# per_side = (32 - P) // stride + 1
+# print("by formula:", per_side, "x", per_side, "=", per_side**2, "patches, +1 [CLS] =", per_side**2 + 1, "tokens")
+# patches = F.unfold(torch.rand(1, 3, 32, 32), kernel_size=P, stride=stride).transpose(1, 2)  # (B, N, C*P*P)
+# print("F.unfold gives", tuple(patches.shape))
+# ```
+#
+# 15 x 15 = 225 patches (226 tokens with [CLS]) instead of 64: about 3.5 times as many tokens, and
+# so about 12 times as many attention pairs, for patches that each share half their pixels with a
+# neighbour.
+#
+# </details>

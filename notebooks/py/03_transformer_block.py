@@ -3,8 +3,11 @@
 #
 # # 03 · The transformer block
 #
-# A ViT is a stack of identical blocks. Each block lets tokens talk (attention), then lets each
-# token think on its own (an MLP), with normalisation and residual connections around both.
+# A ViT is a stack of identical blocks. Each block lets tokens talk (attention, notebook 02), then
+# lets each token think on its own (an MLP, a small two-layer network applied to every token
+# separately), with normalisation and residual connections around both. We build the block of the
+# article this series follows (Pasha Shaik's *Building Vision Transformer from Scratch: A PyTorch
+# Deep Dive Plus a Teaser on LORA for Part 2*, November 2023; "the article" from here on).
 #
 # **You will learn**
 # - what LayerNorm normalises, and how it differs from BatchNorm;
@@ -27,7 +30,12 @@ if importlib.util.find_spec("vit_helpers") is None:
     else:
         raise ModuleNotFoundError("vit_helpers is not installed: run `make run` or `pip install -e .` in the repository root")
 
+# %% [markdown]
+# Imports, and the mode this notebook runs in (nothing here is heavy: it runs the same in both).
+
 # %%
+import math
+
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
@@ -37,12 +45,13 @@ import vit_helpers as vh
 from vit_helpers import runtime
 
 runtime.print_mode()
-torch.manual_seed(0)
+_ = torch.manual_seed(0)  # `_ =` keeps the returned generator object out of the output
 
 # %% [markdown]
 # ## LayerNorm
 # LayerNorm standardises each token's D features to mean 0 and variance 1, then applies a learned
-# scale and shift. It works per token, so it does not depend on the batch (unlike BatchNorm).
+# scale and shift (initialised to 1 and 0). It works per token, so it does not depend on the batch,
+# unlike BatchNorm, which normalises each feature across the images of a batch.
 
 # %%
 D = 8
@@ -50,28 +59,56 @@ x = 3 + 2 * torch.randn(2, 5, D)  # (B, N, D)
 by_hand = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
 ln = nn.LayerNorm(D)
 print("by hand == nn.LayerNorm:", torch.allclose(by_hand, ln(x), atol=1e-5))
-print("per-token mean", ln(x).mean(-1)[0].detach().abs().max().item() < 1e-5, "| per-token std", ln(x).std(-1, unbiased=False)[0].detach())
+print("per-token mean is 0:", ln(x).mean(-1)[0].detach().abs().max().item() < 1e-5, "| per-token std", ln(x).std(-1, unbiased=False)[0].detach())
 
 # %% [markdown]
 # Each token's features now have mean 0 and standard deviation 1.
 #
 # ## The MLP: widen, GELU, narrow
 # The MLP maps D -> hidden -> D (256 -> 512 -> 256 in the article's config, a ratio of 2; the ViT
-# paper uses 4). GELU is a smooth ReLU: x·Φ(x).
+# paper uses 4): it widens to give the nonlinearity room, then narrows back so the block's output
+# has the token's width. Between the two linear layers sits **GELU**, a smooth ReLU:
+#
+# GELU(x) = x·Φ(x),
+#
+# where **Φ is the standard normal CDF** (cumulative distribution function): Φ(x) is the probability
+# that a random number drawn from a normal distribution with mean 0 and standard deviation 1 is
+# below x. Φ rises smoothly from 0 (very negative x) through 0.5 (x = 0) to 1 (large x), so GELU
+# keeps large positive inputs almost unchanged, silences very negative ones, and in between scales
+# x by a soft gate instead of ReLU's hard cut at 0. Φ has a closed form with the error function,
+# Φ(x) = ½·(1 + erf(x / √2)), so we can check it against PyTorch:
 
 # %%
-t = torch.linspace(-4, 4, 200)
+t = torch.linspace(-4, 4, 201)
+phi = 0.5 * (1 + torch.erf(t / math.sqrt(2)))  # standard normal CDF
+print("x * Phi(x) == F.gelu:", torch.allclose(t * phi, F.gelu(t), atol=1e-6))
+print(f"Phi(-2) = {phi[50]:.3f}, Phi(0) = {phi[100]:.3f}, Phi(2) = {phi[150]:.3f}; GELU's minimum: {F.gelu(t).min():.3f}")
 fig, ax = plt.subplots(figsize=(4.5, 3))
 ax.plot(t, F.relu(t), label="ReLU")
-ax.plot(t, F.gelu(t), label="GELU")
-ax.legend(); ax.set_title("GELU lets small negative values through"); fig.tight_layout()
+ax.plot(t, F.gelu(t), label="GELU = x·Φ(x)")
+ax.plot(t, phi, "--", color="gray", label="Φ(x)")
+ax.set(xlabel="x"); ax.legend(); ax.set_title("GELU lets small negative values through"); fig.tight_layout()
 
 # %% [markdown]
+# GELU is exactly x·Φ(x). Φ(2) = 0.977, so GELU(2) ≈ 1.95, nearly 2; Φ(-2) = 0.023, so GELU(-2) is
+# only -0.05. The smallest value GELU reaches is -0.17 (near x = -0.75), where ReLU gives 0.
+#
 # ## Residuals, and where the norm goes
-# A residual connection computes x + f(x): the block learns a correction, and gradients flow straight
-# through the addition. The original Transformer normalised *after* the addition (post-norm). ViTs
-# normalise the *input* of each branch (pre-norm), which keeps the residual stream un-normalised and
-# trains stably without careful warmup. Our block, two visible residual lines:
+# A **residual connection** computes x + f(x) instead of f(x): the branch f only learns a
+# correction to its input, and gradients flow straight through the addition. In a transformer every
+# branch (attention, MLP) adds its output to the same running vectors, so the token vectors x that
+# flow from block to block are called the **residual stream**: each branch reads from it and writes a
+# correction back into it.
+#
+# Where the LayerNorm goes has two versions:
+# - **post-norm** (the original 2017 Transformer) normalises *after* the addition:
+#   x = LN(x + f(x)), so the residual stream itself is renormalised after every branch;
+# - **pre-norm** (ViTs, GPT-2 and most models since) normalises only the *input* of each branch:
+#   x = x + f(LN(x)), so the residual stream is never normalised and passes from block to block
+#   untouched except for the corrections added to it.
+#
+# Pre-norm trains stably without a careful **warmup** (a learning rate that starts near 0 and ramps
+# up over the first steps). Our block is pre-norm, two visible residual lines:
 
 # %%
 args = vh.ModelArgs(dim=64, hidden_dim=128, n_heads=4, dropout=0.0)
@@ -98,8 +135,15 @@ x = torch.randn(2, 17, args.dim)
 print("notebook block == vit_helpers.AttentionBlock:", torch.allclose(ours(x), block(x), atol=1e-6))
 
 # %% [markdown]
-# ## Why pre-norm: the gradient at the bottom of a deep stack
-# Stack 24 blocks of each kind and compare the gradient norm reaching the input at initialisation.
+# `True`: our block computes exactly what `vit_helpers.AttentionBlock` computes, so from notebook 04
+# on we import it.
+#
+# ## Pre-norm versus post-norm in a deep stack
+# Stack 24 blocks of each kind and compare, at initialisation, the residual stream that comes out
+# and the gradient that reaches the input. The loss must be one a LayerNorm cannot erase. The mean
+# square of the output, `out.pow(2).mean()`, would be a trap: a post-norm stack ends in a LayerNorm,
+# whose output has mean square 1 whatever its input, so that loss is constant and its gradient is 0
+# at any depth. We use the output's projection on a fixed random direction instead.
 
 # %%
 class PostNormBlock(PreNormBlock):
@@ -112,13 +156,21 @@ for kind in (PreNormBlock, PostNormBlock):
     torch.manual_seed(0)
     stack = nn.Sequential(*[kind(args) for _ in range(24)])
     inp = torch.randn(4, 17, args.dim, requires_grad=True)
-    stack(inp).pow(2).mean().backward()
-    print(f"{kind.__name__:14s} input-gradient norm: {inp.grad.norm():.2e}")
+    out = stack(inp)
+    direction = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))  # fixed, random
+    (out * direction).mean().backward()
+    print(f"{kind.__name__:14s} output: std {out.std():.2f}, mean square {out.pow(2).mean():.3f} | "
+          f"input-gradient norm: {inp.grad.norm():.1e}")
 
 # %% [markdown]
-# The post-norm stack's input gradient is orders of magnitude smaller: every LayerNorm on the
-# residual path rescales it, and 48 of them in a row starve the first layers. The pre-norm stack
-# keeps an identity path from output to input. (Exercise 2 asks you to look layer by layer.)
+# The post-norm output has mean square exactly 1.000 (the trap above), while the pre-norm residual
+# stream has grown to a standard deviation of about 1.6: it is the input plus 48 small corrections,
+# carried along the identity path x + .... At initialisation both stacks pass a gradient of the same
+# order down all 24 blocks, so the difference does not show at the start: it shows in training.
+# Post-norm transformers are known to need a learning-rate warmup and careful tuning to train
+# without diverging, and pre-norm ones much less so (Xiong et al., 2020, *On Layer Normalization in
+# the Transformer Architecture*, trace this to the post-norm gradients near the output). That is
+# why ViTs, the article's included, are pre-norm. (Exercise 2 looks at the gradient layer by layer.)
 #
 # ## Counting parameters by hand
 # Attention: four D x D matrices (no biases, as in the article). Two LayerNorms: 2·D each. MLP:
@@ -138,6 +190,148 @@ print(f"nn.Module says: {vh.count_parameters(vh.AttentionBlock(a)):,}")
 # The same number: 526,080 parameters per block, half in attention and half in the MLP.
 #
 # ## Exercises
-# 1. Add biases to the attention projections. How many parameters does that add per block?
-# 2. Record the gradient norm after every layer of both stacks above and plot it against depth.
-# 3. Replace GELU by ReLU in `vit_helpers` (temporarily) and train in notebook 05: does it matter here?
+# 1. **Biases in attention.** Add biases to the attention projections. How many parameters does that
+#    add per block?
+#
+# <details><summary>Hint</summary>
+#
+# A bias is one number per output channel. Count first (four projections, each with D outputs), then
+# check by swapping `block.attn.wq` and its siblings for `nn.Linear(D, D, bias=True)` and calling
+# `vh.count_parameters` again.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import torch
+# from torch import nn
+#
+# import vit_helpers as vh
+#
+# a = vh.ModelArgs()  # the article's config, D = 256
+# block = vh.AttentionBlock(a)
+# before = vh.count_parameters(block)
+# for name in ("wq", "wk", "wv", "wo"):
+#     setattr(block.attn, name, nn.Linear(a.dim, a.dim, bias=True))
+# after = vh.count_parameters(block)
+# print(f"{before:,} -> {after:,}: {after - before:,} more (4 x D = {4 * a.dim:,})")
+# print("still runs:", tuple(block(torch.randn(2, 65, a.dim)).shape))
+# ```
+#
+# Four projections of D = 256 outputs add 4 x 256 = 1,024 parameters, 0.2% of the block's 526,080:
+# the article (and we) can leave them out at almost no cost in capacity.
+#
+# </details>
+#
+# 2. **Gradients layer by layer.** Record the gradient norm after every layer of both stacks above and
+#    plot it against depth.
+#
+# <details><summary>Hint</summary>
+#
+# Run the blocks one at a time in a loop, keep each block's output in a list and call `.retain_grad()`
+# on it (PyTorch otherwise keeps gradients only for leaf tensors), then read `.grad.norm()` of each
+# after `backward()`. Use the notebook's loss (a projection on a fixed random direction), not the
+# mean square.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import matplotlib.pyplot as plt
+# import torch
+# from torch import nn
+#
+# import vit_helpers as vh
+#
+# args = vh.ModelArgs(dim=64, hidden_dim=128, n_heads=4, dropout=0.0)
+#
+#
+# class PostNormBlock(vh.AttentionBlock):  # same parameters, norms after the additions
+#     def forward(self, x):
+#         x = self.layer_norm_1(x + self.attn(x))
+#         return self.layer_norm_2(x + self.ffn(x))
+#
+#
+# fig, ax = plt.subplots(figsize=(5, 3.2))
+# for kind in (vh.AttentionBlock, PostNormBlock):
+#     torch.manual_seed(0)
+#     blocks = [kind(args) for _ in range(24)]
+#     h = torch.randn(4, 17, args.dim, requires_grad=True)
+#     outs = [h]
+#     for blk in blocks:
+#         outs.append(blk(outs[-1]))
+#         outs[-1].retain_grad()
+#     direction = torch.randn(outs[-1].shape, generator=torch.Generator().manual_seed(1))
+#     (outs[-1] * direction).mean().backward()  # not pow(2).mean(): constant after a LayerNorm
+#     norms = [o.grad.norm().item() for o in outs]  # index 0 = the input, 24 = the last output
+#     print(f"{kind.__name__:15s} gradient norm at depth 0, 12, 24: {norms[0]:.1e}, {norms[12]:.1e}, {norms[24]:.1e}")
+#     ax.plot(range(25), norms, marker=".", label="pre-norm" if kind is vh.AttentionBlock else "post-norm")
+# ax.set(xlabel="depth (0 = input, 24 = output)", ylabel="gradient norm", ylim=(0, None))
+# ax.legend()
+# fig.tight_layout()
+# ```
+#
+# Both curves stay within a factor of two of the output's gradient all the way down: at
+# initialisation neither stack starves its first layers. The pre-norm gradient grows toward the
+# input, since every block adds its branch's gradient to the one flowing along the identity path;
+# the post-norm one dips a little as each LayerNorm rescales it. (With `out.pow(2).mean()` as the
+# loss, the post-norm curve would sit near 0 below the last LayerNorm: not a vanishing gradient,
+# just a constant loss.)
+#
+# </details>
+#
+# 3. **GELU or ReLU?** Replace GELU by ReLU and train the model both ways (notebook 05 trains the
+#    full recipe; a short run shows the idea): does it matter here?
+#
+# <details><summary>Hint</summary>
+#
+# No need to edit `vit_helpers`: build a model, then swap every `nn.GELU` module for `nn.ReLU` with
+# `setattr` on its parent. Train both from the same seed on the same images, and compare their test
+# accuracy with the difference between two seeds of the same model.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import torch
+# import torch.nn.functional as F
+# from torch import nn
+#
+# import vit_helpers as vh
+# from vit_helpers.data import load_cifar10, to_model_input
+#
+# data = load_cifar10()
+# x_train, y_train = to_model_input(data.train_x[::25]), data.train_y[::25]  # 2,000 images, all classes
+# x_test, y_test = to_model_input(data.test_x[:2000]), data.test_y[:2000]
+# args = vh.ModelArgs(dim=32, hidden_dim=64, n_heads=2, n_layers=2, patch_size=8, dropout=0.0)  # tiny, so it trains in seconds
+#
+#
+# def train_and_test(activation, seed):
+#     torch.manual_seed(seed)
+#     model = vh.VisionTransformer(args)
+#     for parent in list(model.modules()):
+#         for name, child in parent.named_children():
+#             if isinstance(child, nn.GELU):
+#                 setattr(parent, name, activation())
+#     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+#     for epoch in range(3):
+#         for idx in torch.randperm(len(x_train)).split(100):
+#             loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+#             opt.zero_grad(); loss.backward(); opt.step()
+#     model.eval()
+#     with torch.no_grad():
+#         return (model(x_test).argmax(-1) == y_test).float().mean().item()
+#
+#
+# for activation in (nn.GELU, nn.ReLU):
+#     accs = [train_and_test(activation, seed) for seed in (0, 1)]
+#     print(f"{activation.__name__}: test accuracy {accs[0]:.1%} (seed 0), {accs[1]:.1%} (seed 1)")
+# ```
+#
+# On this short run (2,000 images, a tiny model with 8-pixel patches, 3 epochs; about 25% accuracy,
+# far from trained) the two activations land within a few points of each other, about as far apart
+# as two seeds of the same model: here the choice hardly matters. Transformers default to GELU
+# because it helped slightly in large language models; to settle it for our ViT you would train the
+# full recipe of notebook 05 both ways, with several seeds.
+#
+# </details>
