@@ -74,3 +74,36 @@ def test_whole_step_cuda_graph_trains_like_the_plain_loop(tiny_args, compile):
     for a, b in zip(h0, h1):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         assert a["train_acc"] == pytest.approx(b["train_acc"], abs=0.02)
+
+
+@cuda
+def test_the_graph_records_the_plain_step_and_resumes_exactly(tiny_args, tmp_path, monkeypatch):
+    """GraphedStep runs TrainStep.update (the step notebook 05 prints); a graphed run resumed from last.pt
+    ends with the weights of an uninterrupted one (the lr lives in a device tensor the graph reads)."""
+    from conftest import synthetic_data
+    from vit_helpers import VisionTransformer
+    from vit_helpers import train as T
+
+    data = synthetic_data()
+    cfg = T.TrainConfig(epochs=3, batch_size=32, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine",
+                        warmup_epochs=1, grad_clip=1.0, pipeline="gpu", augment="trivial", mix_prob=0.5,
+                        label_smoothing=0.1, precision="fp32", cuda_graph=True, val_size=64, eval_batch_size=64)
+    calls = []
+    original = T.TrainStep.update
+    monkeypatch.setattr(T.TrainStep, "update", lambda self, x, y: (calls.append(1), original(self, x, y)))
+    torch.manual_seed(0)
+    straight = VisionTransformer(tiny_args)
+    T.train(straight, data, cfg, checkpoint_dir=tmp_path / "a", progress=False)
+    assert len(calls) == 4  # 3 warm-up calls and the recording: every later step is a replay of that graph
+
+    def stop_after_one(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(VisionTransformer(tiny_args), data, cfg, checkpoint_dir=tmp_path / "b", progress=False, on_epoch_end=stop_after_one)
+    resumed = VisionTransformer(tiny_args)
+    T.train(resumed, data, cfg, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=k)

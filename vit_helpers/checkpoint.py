@@ -229,7 +229,7 @@ def check_config(ckpt: dict, args: ModelArgs, path="checkpoint") -> None:
 
 def load_weights(model: VisionTransformer, path: str | os.PathLike) -> dict:
     """Load a checkpoint's weights into `model` after checking its config; returns the checkpoint."""
-    ckpt = load(path)
+    ckpt = load(path, keys=CHECKPOINT_KEYS)
     check_config(ckpt, model.args, path)
     model.load_state_dict(ckpt["model"])
     return ckpt
@@ -237,7 +237,7 @@ def load_weights(model: VisionTransformer, path: str | os.PathLike) -> dict:
 
 def load_model(path: str | os.PathLike, device=None) -> tuple[VisionTransformer, dict]:
     """Build the model a checkpoint describes and load its weights (in eval mode)."""
-    ckpt = load(path)
+    ckpt = load(path, keys=CHECKPOINT_KEYS)
     model = VisionTransformer(ModelArgs(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device or "cpu").eval(), ckpt
@@ -265,6 +265,9 @@ def trained_model(recipe_name: str, device=None) -> tuple[VisionTransformer, dic
 # last.pt holds everything a run needs to continue exactly: weights, the step's optimizer and scaler, the batch
 # generators, the RNG, the configs, the history, the chosen length and a fingerprint of the training data.
 # best.pt holds the same description with the weights of the best validation accuracy (no optimizer state).
+
+TRAINING_STATE_KEYS = ("model_args", "train_config", "data", "history", "epoch", "epochs", "model", "step", "batches", "rng")
+
 
 class ResumeError(ValueError):
     """A checkpoint belongs to another run (model, training config or data)."""
@@ -368,7 +371,7 @@ class TrainingRun:
         """Continue from last.pt exactly where it stopped: weights, optimizer, batch order, RNG, history."""
         if self.last is None or not self.last.is_file():
             raise FileNotFoundError(f"resume=True but there is no last.pt in {shown(self.directory or '.')}; train without resume first")
-        state = load(self.last, map_location=self.device)
+        state = load(self.last, map_location=self.device, keys=TRAINING_STATE_KEYS)
         _check_same_run(state, self.last, self.args, self.cfg, self.fingerprint)
         self.model.load_state_dict(state["model"])
         self.step.load_state_dict(state["step"])
@@ -389,7 +392,7 @@ class TrainingRun:
 def load_finished_run(last: Path, model: torch.nn.Module, cfg, data) -> dict | None:
     """If `last` (a last.pt) is a finished run of this model, config and data, load its final weights into `model`
     and return its description; None if it is unfinished; ResumeError if it belongs to another run."""
-    state = load(last)
+    state = load(last, keys=TRAINING_STATE_KEYS)
     _check_same_run(state, last, getattr(model, "args", None), cfg, data_fingerprint(data))
     if state["epoch"] < state["epochs"]:
         return None
