@@ -53,7 +53,7 @@ def test_checkpoint_round_trip_and_config_check(tiny_args, tmp_path):
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
     loaded, ckpt = C.load_model(tmp_path / "best.pt")
     x = torch.randn(2, 3, 16, 16)
-    model.eval()
+    model.cpu().eval()
     torch.testing.assert_close(loaded(x), model(x))
     assert ckpt["history"][0]["epoch"] == 1
     other = VisionTransformer(tiny_args.replace(dim=64, hidden_dim=64))
@@ -335,7 +335,7 @@ def test_a_run_that_would_take_hours_warns_with_an_estimate(tiny_args, monkeypat
 
     monkeypatch.setattr(T.Pace, "WARN_SECONDS", 1e-3)
     with pytest.warns(UserWarning, match=r"at the measured [\d,]+ images/s on the CPU, 2 epochs will take about [\d.]+ hours"):
-        train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(epochs=2), progress=False)
+        train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(epochs=2), progress=False, device="cpu")
 
 
 def test_the_log_is_a_compact_table(tiny_args, capsys):

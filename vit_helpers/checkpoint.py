@@ -371,7 +371,7 @@ class TrainingRun:
         """Continue from last.pt exactly where it stopped: weights, optimizer, batch order, RNG, history."""
         if self.last is None or not self.last.is_file():
             raise FileNotFoundError(f"resume=True but there is no last.pt in {shown(self.directory or '.')}; train without resume first")
-        state = load(self.last, map_location=self.device, keys=TRAINING_STATE_KEYS)
+        state = load(self.last, keys=TRAINING_STATE_KEYS)  # on the CPU: RNG states must be; the optimizer moves its own
         _check_same_run(state, self.last, self.args, self.cfg, self.fingerprint)
         self.model.load_state_dict(state["model"])
         self.step.load_state_dict(state["step"])

@@ -359,7 +359,7 @@ class Pace:
         if self.first and i in (self.a, self.b) and self.b > self.a:
             self.marks[i] = self._now(device)
             if i == self.b and not self.cfg.budget_minutes and self.estimate(self.cfg.epochs) > self.WARN_SECONDS:
-                warnings.warn(f"at the measured {self.images_per_s():,.0f} images/s on the {device.type.upper()}, "
+                warnings.warn(f"at the measured {self.images_per_s():,.0f} images/s on the {'GPU' if device.type == 'cuda' else 'CPU'}, "
                               f"{self.cfg.epochs} epochs will take about {self.estimate(self.cfg.epochs) / 3600:.1f} hours. "
                               "Set budget_minutes to fit the run into a time you choose (or, without a GPU, use "
                               "VIT_MODE=quick)", stacklevel=3)
