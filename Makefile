@@ -12,7 +12,7 @@ ifneq ($(strip $(DATA)),)
 export VIT_DATA_DIR := $(abspath $(DATA))
 endif
 
-.PHONY: run test setup sync clean
+.PHONY: run test setup sync clean release
 
 setup: $(STAMP)
 
@@ -25,7 +25,11 @@ run: $(STAMP)
 	$(BIN)/python tools/run_series.py $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	VIT_PROGRESS=0 $(BIN)/python -m pytest $(ARGS)
+
+# On a GPU: re-execute every notebook in place, retrain, and refresh the released weights and release/ (see tools/run_series.py).
+release: $(STAMP)
+	$(BIN)/python tools/run_series.py --release $(ARGS)
 
 # After editing a twin in notebooks/py/: refresh headers, then carry the change into the .ipynb (outputs kept).
 sync: $(STAMP)

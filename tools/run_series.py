@@ -1,12 +1,23 @@
 """Execute the notebook series headless, in order, and report where the results are.
 
     python tools/run_series.py                 # executed copies go to outputs/notebooks/
-    python tools/run_series.py --inplace       # store the outputs in notebooks/*.ipynb (for a release run)
+    python tools/run_series.py --inplace       # store the outputs in notebooks/*.ipynb
+    python tools/run_series.py --release       # on a GPU: the release (make release), see below
+
+The release executes every notebook in place with a fresh training run (VIT_RETRAIN=1), makes notebook
+05's best checkpoint the released weights, and records in release/ what the README quotes: the GPU, the
+date, the versions, each notebook's time and the results files the notebooks write (outputs/*.json).
+Where one command cannot hold the whole series, run it in parts (--only 01 02 03 04 05 07, then
+--only 06 08) on the same checkout, carrying checkpoints/ between them: each part adds to release/.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,10 +36,19 @@ def main(argv=None) -> int:
     p.add_argument("--inplace", action="store_true", help="write outputs into notebooks/ instead of outputs/notebooks/")
     p.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 01 05")
     p.add_argument("--cell-timeout", type=int, default=3600)
+    p.add_argument("--release", action="store_true", help="on a GPU: execute in place, retrain, update the released weights and release/")
     a = p.parse_args(argv)
+    if a.release:
+        import torch
+
+        if not torch.cuda.is_available() or runtime.MODE != "full":
+            raise SystemExit("--release needs a CUDA GPU and full mode: the stored outputs and the released weights come from the GPU run")
+        a.inplace = True
+        os.environ["VIT_RETRAIN"] = "1"
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if a.only:
         notebooks = [n for n in notebooks if any(n.name.startswith(o) for o in a.only)]
+    os.environ.setdefault("VIT_PROGRESS", "0")  # headless: a compact log table, no progress widgets in the outputs
     out_dir = ROOT / "notebooks" if a.inplace else paths.outputs_dir() / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     print(runtime.describe(), flush=True)
@@ -41,7 +61,10 @@ def main(argv=None) -> int:
             client.execute()
         finally:
             nbformat.write(nb, out_dir / nb_path.name)
-        print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+        seconds = time.perf_counter() - t0
+        print(f"done in {seconds:.0f} s", flush=True)
+        if a.release:
+            record_release(nb_path.stem, seconds)
     print(f"\nexecuted notebooks: {out_dir}")
     print(f"checkpoints: {paths.checkpoint_dir() / runtime.RECIPE}")
     results = paths.outputs_dir() / f"results_{runtime.RECIPE}.json"
@@ -52,6 +75,37 @@ def main(argv=None) -> int:
     else:
         print(f"test accuracy: not computed (notebook 06 did not run; expected {results})")
     return 0
+
+
+RELEASE_DIR = ROOT / "release"
+
+
+def record_release(notebook: str, seconds: float) -> None:
+    """Add one executed notebook to release/manifest.json; after 05, its best model becomes the released weights."""
+    import torch
+
+    from vit_helpers import checkpoint
+
+    manifest_path = RELEASE_DIR / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    here = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "command": "python tools/run_series.py --release"}
+    if manifest.get("gpu") not in (None, here["gpu"]):
+        raise SystemExit(f"release/manifest.json was made on {manifest['gpu']}, this is {here['gpu']}: one release, one GPU "
+                         "(delete release/manifest.json to start a new release)")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    manifest.update(here, commit=commit or manifest.get("commit"))
+    manifest.setdefault("notebooks", {})[notebook] = {"seconds": round(seconds, 1), "date": here["date"]}
+    if notebook.startswith("05"):
+        best = paths.checkpoint_dir() / "fast" / "best.pt"
+        state = checkpoint.load(best, keys=checkpoint.CHECKPOINT_KEYS)
+        checkpoint.atomic_save({**state, "made_by": f"notebook {notebook}, release on {here['gpu']} ({here['date']})"}, paths.RELEASED_WEIGHTS)
+        manifest["released_weights"] = {"from": f"checkpoints/fast/best.pt of notebook {notebook}", "best_val_acc": state["best_val_acc"],
+                                        "best_epoch": state["best_epoch"], "epochs": state["epochs"]}
+    RELEASE_DIR.mkdir(exist_ok=True)
+    for results in sorted(paths.outputs_dir().glob("*.json")):  # what the notebooks measured
+        shutil.copy(results, RELEASE_DIR / results.name)
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 if __name__ == "__main__":
