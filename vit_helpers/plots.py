@@ -80,44 +80,64 @@ def plot_confusion_matrix(cm: torch.Tensor, classes=CIFAR10_CLASSES):
     return fig
 
 
-def plot_attention_heads(image: torch.Tensor, cls_attn: torch.Tensor, size: float = 1.6):
-    """The image, then the [CLS] token's attention over the patches for each head. cls_attn: (H, g, g)."""
+def plot_attention_heads(image: torch.Tensor, cls_attn: torch.Tensor, size: float = 1.6, colorbar: bool = False):
+    """The image, then the [CLS] token's attention over the patches for each head. cls_attn: (H, g, g).
+
+    colorbar: one colour scale shared by all heads (0 to the largest weight), with a colour bar.
+    """
     H = cls_attn.shape[0]
-    fig, axes = plt.subplots(1, H + 1, figsize=((H + 1) * size, size + 0.4))
+    shared = dict(vmin=0.0, vmax=float(cls_attn.max())) if colorbar else {}
+    fig, axes = plt.subplots(1, H + 1, figsize=((H + 1) * size + (0.8 if colorbar else 0), size + 0.4),
+                             layout="constrained" if colorbar else None)
     axes[0].imshow(_img(image))
     axes[0].set_title("image", fontsize=8)
     for h in range(H):
-        axes[h + 1].imshow(cls_attn[h].cpu().numpy(), cmap="inferno")
+        im = axes[h + 1].imshow(cls_attn[h].cpu().numpy(), cmap="inferno", **shared)
         axes[h + 1].set_title(f"head {h}", fontsize=8)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
+    if colorbar:
+        fig.colorbar(im, ax=axes.tolist(), shrink=0.8, label="attention weight")
+    else:
+        fig.tight_layout()
     return fig
 
 
-def plot_rollout(images: torch.Tensor, masks: torch.Tensor, titles=None, size: float = 1.6):
-    """Images on the top row, the rollout mask (g, g) over each image below."""
+def plot_rollout(images: torch.Tensor, masks: torch.Tensor, titles=None, size: float = 1.6, colorbar: bool = False):
+    """Images on the top row, the rollout mask (g, g) over each image below (scaled to 0-1 per image).
+
+    colorbar: add a colour bar for the scaled mask.
+    """
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(n * size, 2 * size + 0.5), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(n * size + (0.8 if colorbar else 0), 2 * size + 0.5), squeeze=False,
+                             layout="constrained" if colorbar else None)
     for i in range(n):
         img = _img(images[i])
         m = torch.nn.functional.interpolate(masks[i][None, None].float(), size=img.shape[:2], mode="bilinear")[0, 0]
         m = (m - m.min()) / (m.max() - m.min() + 1e-12)
         axes[0, i].imshow(img)
         axes[1, i].imshow(img)
-        axes[1, i].imshow(m.numpy(), cmap="jet", alpha=0.5)
+        im = axes[1, i].imshow(m.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         if titles is not None:
             axes[0, i].set_title(titles[i], fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
+    if colorbar:
+        fig.colorbar(im, ax=axes[1].tolist(), shrink=0.9, label="rollout (0 = least, 1 = most)")
+    else:
+        fig.tight_layout()
     return fig
 
 
-def plot_mean_attention_distance(distances: torch.Tensor, patch_size: int):
-    """distances: (L, H) in pixels; one dot per head, as in the ViT paper's figure 7."""
+def plot_mean_attention_distance(distances: torch.Tensor, patch_size: int, baseline: float | None = None):
+    """distances: (L, H) in pixels; one dot per head, as in the ViT paper's figure 7.
+
+    baseline: a reference distance in pixels (e.g. that of uniform attention), drawn as a dashed line.
+    """
     L, H = distances.shape
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    if baseline is not None:
+        ax.axhline(baseline, ls="--", color="gray", lw=1, label=f"uniform attention ({baseline:.1f} px)")
     for h in range(H):
         ax.scatter(range(1, L + 1), distances[:, h].numpy(), s=14, label=f"head {h}")
     ax.set(xlabel="layer", ylabel="mean attention distance (pixels)", title=f"attention distance per head (patch {patch_size}px)")
@@ -127,16 +147,18 @@ def plot_mean_attention_distance(distances: torch.Tensor, patch_size: int):
     return fig
 
 
-def plot_pos_embedding_similarity(sim: torch.Tensor, size: float = 0.8):
+def plot_pos_embedding_similarity(sim: torch.Tensor, size: float = 0.8, colorbar: bool = False):
     """sim: (g, g, g, g); tile (i, j) shows the similarity of position (i, j) to all positions."""
     g = sim.shape[0]
-    fig, axes = plt.subplots(g, g, figsize=(g * size, g * size))
+    fig, axes = plt.subplots(g, g, figsize=(g * size + (0.9 if colorbar else 0), g * size))
     for i in range(g):
         for j in range(g):
-            axes[i, j].imshow(sim[i, j].numpy(), cmap="viridis", vmin=-1, vmax=1)
+            im = axes[i, j].imshow(sim[i, j].numpy(), cmap="viridis", vmin=-1, vmax=1)
             axes[i, j].axis("off")
     fig.suptitle("cosine similarity of position embeddings", fontsize=10)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    if colorbar:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="cosine similarity")
     return fig
 
 

@@ -3,13 +3,16 @@
 #
 # # 04 · The full Vision Transformer
 #
-# Patches (01), attention (02) and blocks (03) come together: embed the patches, prepend a
-# learnable [CLS] token, add learned positions, run the blocks, read the class from [CLS].
+# Patches (01), attention (02) and blocks (03) come together into the model of the article this
+# series follows, Pasha Shaik's *Building Vision Transformer from Scratch*: embed the patches,
+# prepend a learnable [CLS] token, add learned positions, run the blocks, read the class from [CLS].
 #
 # **You will learn**
-# - the ViT forward pass and the shape at every step;
-# - where the 3.19M parameters of the article's model live;
-# - how much compute one image costs, and the named presets;
+# - the ViT forward pass as a diagram, with the tensor shape at every step;
+# - how to write the `VisionTransformer` class from the pieces of 01-03 (about 40 lines), and check it
+#   against the package's version;
+# - why the model needs position embeddings (shuffle the patches and see), and what the [CLS] token is for;
+# - where the 3.19M parameters of the article's model live, and how much compute one image costs;
 # - two fixes to the article: small position init, and no silent truncation of positions.
 
 # %%
@@ -28,54 +31,251 @@ if importlib.util.find_spec("vit_helpers") is None:
         raise ModuleNotFoundError("vit_helpers is not installed: run `make run` or `pip install -e .` in the repository root")
 
 # %%
+import copy
+
+import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 import vit_helpers as vh
-from vit_helpers import runtime
+from vit_helpers import paths, plots, runtime
+from vit_helpers.checkpoint import load_model
 from vit_helpers.data import CIFAR10_CLASSES, load_cifar10, to_model_input
 from vit_helpers.model import parameter_table
 
 runtime.print_mode()
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
+# ## The architecture at a glance
+# A few words first. A **token** is one vector in the sequence the transformer reads; here each of
+# the 64 patches becomes one token of D = 256 numbers (its **embedding**). B is the batch size, N the
+# number of patches, D the token width, P the patch side. The boxes below are the steps of the
+# forward pass; the red text is the tensor shape each step hands on, for the article's configuration
+# (32x32 images, patch 4, D = 256, 6 blocks, 10 classes). The orange inputs are learned parameters.
+
+# %%
+def draw_vit(a: vh.ModelArgs):
+    C, P, N, D, K = a.n_channels, a.patch_size, a.n_patches, a.dim, a.n_classes
+    steps = [  # (what this step does, the shape of its output)
+        ("images", f"(B, {C}, {a.image_size}, {a.image_size})"),
+        (f"img_to_patch: cut into {P}x{P} patches, flatten each", f"(B, {N}, {C * P * P})"),
+        (f"patch embedding: Linear {C * P * P} -> {D}", f"(B, {N}, {D})"),
+        ("prepend the [CLS] token", f"(B, {1 + N}, {D})"),
+        ("add the position embedding, then dropout", f"(B, {1 + N}, {D})"),
+        (f"{a.n_layers} x AttentionBlock", f"(B, {1 + N}, {D})"),
+        ("final LayerNorm", f"(B, {1 + N}, {D})"),
+        ("keep token 0, the [CLS] token", f"(B, {D})"),
+        (f"head: Linear {D} -> {K}", f"(B, {K})  class scores"),
+    ]
+    fig, ax = plt.subplots(figsize=(10, 8))
+    ax.set(xlim=(0, 10), ylim=(-0.6, len(steps) - 0.3))
+    ax.axis("off")
+    for i, (what, shape) in enumerate(steps):
+        y = len(steps) - 1 - i
+        ax.text(4.3, y, what, ha="center", va="center", fontsize=10, bbox=dict(boxstyle="round,pad=0.4", fc="#dbe9f6", ec="#3a6ea5"))
+        ax.text(7.3, y, shape, ha="left", va="center", fontsize=10, family="monospace", color="#b03020")
+        if i:
+            ax.annotate("", (4.3, y + 0.3), (4.3, y + 0.7), arrowprops=dict(arrowstyle="-|>", lw=1.5, color="#3a6ea5"))
+    for i, x_to, text in ((3, 3.1, f"[CLS] token\n(1, 1, {D}), learned"), (4, 2.2, f"position embedding\n(1, {1 + N}, {D}), learned")):
+        y = len(steps) - 1 - i
+        ax.annotate(text, (x_to, y), (0.75, y), ha="center", va="center", fontsize=8.5,
+                    bbox=dict(boxstyle="round,pad=0.3", fc="#fde7c8", ec="#c07020"), arrowprops=dict(arrowstyle="-|>", color="#c07020"))
+    ax.text(0.75, len(steps) - 1 - 5, "each block (notebook 03):\nx = x + Attention(LN(x))\nx = x + MLP(LN(x))", ha="center", va="center",
+            fontsize=8.5, style="italic", color="#444444")
+    ax.text(7.3, len(steps) - 0.55, "shape out", fontsize=9, color="#b03020", style="italic")
+    ax.set_title("The Vision Transformer forward pass", fontsize=12)
+    return fig
+
+
+fig = draw_vit(vh.ModelArgs())
+
+# %% [markdown]
+# Read it top to bottom: the image becomes a sequence of 64 patch tokens, one extra token ([CLS])
+# joins at the front, and from then on every block keeps the shape (B, 65, 256). Only at the end is
+# the sequence reduced to one vector per image, the [CLS] token's, which the head turns into 10
+# scores. The next cells build each box in code.
+#
 # ## The forward pass, step by step
-# With the article's config (D = 256, 6 blocks, 8 heads, patch 4) on real CIFAR-10 images:
+# New words, in the order they appear:
+# - **patch embedding**: one `nn.Linear` shared by all patches, mapping C·P·P = 48 pixel values to D = 256;
+# - **[CLS] token** ("class" token, borrowed from the language model BERT): a learned vector of D
+#   numbers, the same for every image, put in front of the patch tokens; the classifier reads it at the end;
+# - **position embedding**: one learned vector per position (65 of them), added to the token at that
+#   position, so a token carries *where* it is as well as *what* it shows;
+# - **dropout**: during training, randomly zeroes a fraction of the numbers (0.2 here) so the model
+#   cannot rely on any single one; in evaluation mode (`.eval()`) it does nothing;
+# - **head**: the final `nn.Linear` from D to the 10 classes; its outputs are **logits**, one
+#   unnormalised score per class (softmax turns them into probabilities).
+#
+# Here they are as loose pieces, run on four CIFAR-10 test images of different classes (dropout left
+# out: it does nothing outside training):
 
 # %%
 data = load_cifar10()
 args = vh.ModelArgs()
-model = vh.VisionTransformer(args).eval()
-x = to_model_input(data.test_x[:4])  # uint8 -> normalised float, (B, 3, 32, 32)
+P, D = args.patch_size, args.dim
+idx = torch.stack([(data.test_y == c).nonzero()[0, 0] for c in (0, 3, 5, 8)])  # airplane, cat, dog, ship
+x = to_model_input(data.test_x[idx])  # uint8 -> normalised float, (B, 3, 32, 32)
 
+input_layer = nn.Linear(args.n_channels * P * P, D)
+cls_token = nn.Parameter(torch.randn(1, 1, D) * 0.02)
+pos_embedding = nn.Parameter(torch.randn(1, 1 + args.n_patches, D) * 0.02)
+blocks = nn.ModuleList(vh.AttentionBlock(args) for _ in range(args.n_layers)).eval()
+norm, head = nn.LayerNorm(D), nn.Linear(D, args.n_classes)
 with torch.no_grad():
-    patches = vh.img_to_patch(x, args.patch_size)  # (B, N, C*P*P)
-    tokens = model.input_layer(patches)  # (B, N, D)
-    cls = model.cls_token.expand(len(x), -1, -1)  # (B, 1, D)
-    seq = torch.cat([cls, tokens], dim=1) + model.pos_embedding  # (B, 1+N, D)
+    patches = vh.img_to_patch(x, P)  # (B, N, C*P*P)
+    tokens = input_layer(patches)  # (B, N, D)
+    cls = cls_token.expand(len(x), -1, -1)  # (B, 1, D): the same vector for every image
+    seq = torch.cat([cls, tokens], dim=1) + pos_embedding  # (B, 1+N, D); (1, 1+N, D) broadcasts over B
     h = seq
-    for block in model.transformer:
+    for block in blocks:
         h = block(h)  # (B, 1+N, D) in, same shape out
-    h = model.norm(h)
-    logits = model.head(h[:, 0])  # read the [CLS] token: (B, n_classes)
+    logits = head(norm(h)[:, 0])  # keep token 0, [CLS]: (B, D) -> (B, n_classes)
 for name, t in [("images", x), ("patches", patches), ("embedded", tokens), ("with [CLS] + positions", seq),
                 ("after the blocks", h), ("logits", logits)]:
     print(f"{name:24s} {tuple(t.shape)}")
 
 # %% [markdown]
-# The sequence keeps its shape (B, 65, 256) through every block; only the [CLS] token's final state
-# is classified. Our step-by-step pass must equal the module's `forward`:
+# The shapes are the diagram's: (4, 3, 32, 32) -> (4, 64, 48) -> (4, 64, 256) -> (4, 65, 256), kept
+# through every block, then (4, 10).
+#
+# ## The `VisionTransformer` class
+# The same steps as one `nn.Module`, with the article's names (`input_layer`, `cls_token`,
+# `pos_embedding`, `transformer`, `norm`, `head`), so its parameters have the same names as
+# `vh.VisionTransformer`'s and the weights of one load into the other. The [CLS] token and the
+# positions start small (standard deviation 0.02; see "Two fixes" below).
+
+# %%
+class VisionTransformer(nn.Module):
+    """Patches -> linear embedding -> [CLS] + positions -> blocks -> norm -> head on [CLS]."""
+
+    def __init__(self, args: vh.ModelArgs):
+        super().__init__()
+        self.args = args
+        self.patch_size = args.patch_size
+        self.input_layer = nn.Linear(args.n_channels * args.patch_size**2, args.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, args.dim))
+        self.pos_embedding = nn.Parameter(torch.zeros(1, 1 + args.n_patches, args.dim))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embedding, std=0.02)
+        self.dropout = nn.Dropout(args.dropout)
+        self.transformer = nn.ModuleList(vh.AttentionBlock(args) for _ in range(args.n_layers))
+        self.norm = nn.LayerNorm(args.dim)
+        self.head = nn.Linear(args.dim, args.n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> class logits (B, n_classes)."""
+        x = self.input_layer(vh.img_to_patch(x, self.patch_size))  # (B, N, C*P*P) -> (B, N, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1) + self.pos_embedding  # (B, 1+N, D)
+        x = self.dropout(x)
+        for block in self.transformer:
+            x = block(x)  # (B, 1+N, D)
+        x = self.norm(x)
+        return self.head(x[:, 0])  # [CLS] only: (B, D) -> (B, n_classes)
+
+# %% [markdown]
+# Now the check: build both, copy the package model's weights into ours with `load_state_dict`
+# (strict, so every parameter name and shape must match), and compare the outputs.
+
+# %%
+mine = VisionTransformer(args).eval()
+model = vh.VisionTransformer(args).eval()
+_ = mine.load_state_dict(model.state_dict())  # raises if a name or a shape differs
+with torch.no_grad():
+    diff = (mine(x) - model(x)).abs().max().item()
+print("same parameter names:", list(mine.state_dict()) == list(model.state_dict()))
+print(f"notebook VisionTransformer == vh.VisionTransformer: {diff < 1e-5} (max |difference| {diff:.1e})")
+
+# %% [markdown]
+# Same names, same outputs: our 30 lines are the model. From here on the series uses
+# `vh.VisionTransformer`, which adds what training and analysis need around the same computation:
+# input checks with clear error messages, a careful initialisation of every layer, stochastic depth
+# (`drop_path`: while training, skip a whole block for some images, used by notebook 05's recipe),
+# and a forward pass split in two, `forward_features` (all tokens) and `forward_head` (classify
+# [CLS]), so notebook 06 can read every token and attention map:
 
 # %%
 with torch.no_grad():
-    print("step-by-step == VisionTransformer.forward:", torch.allclose(logits, model(x), atol=1e-5))
     print("forward == forward_head(forward_features):", torch.allclose(model(x), model.forward_head(model.forward_features(x))))
-print("untrained predictions:", [CIFAR10_CLASSES[i] for i in logits.argmax(-1)])
+    print("untrained predictions:", [CIFAR10_CLASSES[i] for i in model(x).argmax(-1)])
 
 # %% [markdown]
-# An untrained model guesses; notebook 05 trains it. `forward_features` returns every token (for
-# attention maps and analysis in 06), `forward_head` classifies.
+# An untrained model guesses; notebook 05 trains it.
+#
+# ## Why positions: shuffle the patches
+# Notebook 02 showed that attention is **permutation-equivariant**: reorder the input tokens, and the
+# outputs come out reordered the same way, otherwise unchanged. LayerNorm and the MLP treat each
+# token on its own, so a whole block is equivariant too. The [CLS] token stays in front, and what it
+# collects is a weighted average over all tokens, which does not depend on their order. So without
+# position embeddings, the [CLS] output, and the prediction, would be *invariant*: exactly the same
+# for an image and for a jigsaw of its patches. The model would see a bag of patches.
+#
+# Let us test that on the trained model, whose weights ship with `vit_helpers` (notebook 05 trains
+# it; 86% test accuracy). First, what a shuffled image looks like:
+
+# %%
+trained, _ = load_model(paths.RELEASED_WEIGHTS)  # eval mode: dropout off
+perm = torch.randperm(args.n_patches, generator=torch.Generator().manual_seed(0))  # a new order for the 64 patches
+
+
+def shuffle_patches(images: torch.Tensor) -> torch.Tensor:
+    """The same patches in the order `perm`: (B, C, H, W) -> (B, C, H, W)."""
+    return vh.patch_to_img(vh.img_to_patch(images, P)[:, perm], P, args.image_size)  # via (B, N, C*P*P)
+
+
+upright = data.test_x[idx].float() / 255
+fig = plots.show_images(torch.cat([upright, shuffle_patches(upright)]),
+                        [CIFAR10_CLASSES[int(data.test_y[i])] for i in idx] + ["shuffled"] * 4, ncols=4, size=1.6)
+
+# %% [markdown]
+# Each shuffled image holds exactly the pixels of the one above it, in 4x4 tiles put back in another
+# order. Now the predictions on 500 test images, with the trained position embeddings and with them
+# set to zero:
+
+# %%
+sample = torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(0))[:500]  # all classes
+xs, ys = to_model_input(data.test_x[sample]), data.test_y[sample]
+no_positions = copy.deepcopy(trained)
+with torch.no_grad():
+    no_positions.pos_embedding.zero_()
+    for name, m in (("trained positions", trained), ("positions set to 0", no_positions)):
+        a, b = m(xs), m(shuffle_patches(xs))
+        print(f"{name:19s} accuracy {(a.argmax(-1) == ys).float().mean():6.1%} upright, "
+              f"{(b.argmax(-1) == ys).float().mean():6.1%} shuffled; max |logit change| {(a - b).abs().max():.1e}")
+
+# %% [markdown]
+# With its positions, the model notices the shuffle: its accuracy falls by almost 40 points and the
+# logits move by whole units. With the positions zeroed, the shuffled images get the same logits as the upright ones
+# up to float rounding (about 1e-5): the model cannot tell an image from a jigsaw of it. (Its accuracy
+# without positions is also lower, since it was trained with them.) The position embedding is the
+# model's only source of "where".
+#
+# ## What the [CLS] token is for
+# The blocks output 65 tokens, the head needs one vector per image. The [CLS] token is that vector:
+# it starts identical for every image (it belongs to no patch), and in every block its attention
+# reads a weighted average of all tokens, so it gathers a summary of the image. Measured on the
+# trained model: how much the [CLS] token differs between the four images, at the input and after
+# each block, and how much of its attention goes to patches rather than to itself.
+
+# %%
+with torch.no_grad():
+    h = trained.embed(x)  # (B, 1+N, D) with [CLS] first and positions added
+    spread = [h[:, 0].std(0).mean().item()]  # spread of [CLS] across the images, averaged over D
+    for block in trained.transformer:
+        h = block(h)  # (B, 1+N, D)
+        spread.append(h[:, 0].std(0).mean().item())
+    cls_attn = trained.attention_maps(x)[:, :, :, 0, :]  # (L, B, H, T): the [CLS] row of each map
+print("[CLS] spread across images, input then after each block:", " ".join(f"{s:.2f}" for s in spread))
+print("share of [CLS]'s attention on the 64 patches, per layer:", " ".join(f"{s:.0%}" for s in cls_attn[..., 1:].sum(-1).mean((1, 2)).tolist()))
+
+# %% [markdown]
+# At the input the [CLS] token is the same for all four images (spread 0.00); block after block it
+# reads the patches and becomes image-specific, which is all the head sees. The common alternative is
+# **mean pooling** (global average pooling): drop [CLS] and average the 64 patch outputs. The ViT paper
+# found both work about equally well; the article, like the paper, uses [CLS]. Exercise 1 tries the
+# other.
 #
 # ## Where the parameters live
 
@@ -93,8 +293,9 @@ print(f"{'total':32s} {total:>10,}")
 #
 # ## Two fixes to the article
 # **Position init.** The article draws the positional embedding from N(0, 1). The patch embeddings
-# start with a standard deviation near 0.17 on normalised images (printed below), so positions of
-# std 1 would drown the image content at first. Like the ViT paper and timm, we use a truncated normal with std 0.02.
+# start with a standard deviation well below 1 on normalised images (printed below), so positions of
+# std 1 would drown the image content at first. Like the ViT paper and timm (a widely used library of
+# vision models), we use a truncated normal with std 0.02.
 
 # %%
 with torch.no_grad():
@@ -113,8 +314,8 @@ except ValueError as e:
 
 # %% [markdown]
 # ## Compute per image, and the presets
-# Matrix multiplies dominate. `flops_per_image` counts them (2 FLOPs per multiply-add); a training
-# step costs about 3x the forward pass.
+# Matrix multiplies dominate. `flops_per_image` counts them: FLOPs are floating-point operations,
+# 2 per multiply-add. A training step costs about 3x the forward pass.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -127,8 +328,9 @@ for name, a in vh.MODEL_PRESETS.items():
 # `small` is what quick mode trains on a CPU; `article` is the article's model; `large` is a wider,
 # deeper plain ViT for the benchmark.
 #
-# ## Attention maps without hacks
-# Every layer's attention weights come back from one documented call, no monkeypatching:
+# ## Attention maps from one call
+# Every layer's attention weights come back from one documented method, without changing the
+# model's code:
 
 # %%
 maps = model.attention_maps(x[:2])
@@ -138,7 +340,100 @@ print("attention maps (layers, batch, heads, tokens, tokens):", tuple(maps.shape
 # Notebook 06 uses these on the trained model.
 #
 # ## Exercises
-# 1. Replace the [CLS] token by the mean of the patch tokens (global average pooling). What changes
-#    in `forward_head`?
-# 2. Build a model for 64x64 images with patch 8. How many tokens and parameters does it have?
-# 3. Use `torch.utils.flop_counter.FlopCounterMode` to check `flops_per_image`.
+# 1. **Mean pooling instead of [CLS].** Replace the [CLS] token by the mean of the patch tokens
+#    (global average pooling). What changes in `forward_head`?
+#
+# <details><summary>Hint</summary>
+#
+# `forward_head` receives the normalised tokens (B, 1+N, D): token 0 is [CLS], tokens `1:` are the
+# patches. Subclass `vh.VisionTransformer` and override only that method.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import torch
+# import vit_helpers as vh
+#
+#
+# class MeanPoolViT(vh.VisionTransformer):
+#     def forward_head(self, tokens):  # tokens: (B, 1+N, D)
+#         return self.head(tokens[:, 1:].mean(dim=1))  # average the N patch tokens: (B, D) -> (B, n_classes)
+#
+#
+# torch.manual_seed(0)
+# model = MeanPoolViT(vh.ModelArgs()).eval()
+# x = torch.randn(2, 3, 32, 32)
+# print("logits:", tuple(model(x).shape))
+# print("parameters:", f"{vh.count_parameters(model):,}", "(the same as with [CLS])")
+# ```
+#
+# One line changes: the head reads the average of the 64 patch tokens instead of token 0, and the
+# shapes and parameter count stay the same. The [CLS] token still takes part in attention but nothing
+# reads it any more; a clean mean-pooling model would also drop it from `embed` and keep 64 positions.
+#
+# </details>
+#
+# 2. **Bigger images.** Build a model for 64x64 images with patch 8. How many tokens and parameters
+#    does it have?
+#
+# <details><summary>Hint</summary>
+#
+# `vh.ModelArgs(image_size=64, patch_size=8)`; `args.n_patches` gives the patch count and
+# `vh.count_parameters` the parameters. Compare with the default model.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import torch
+# import vit_helpers as vh
+#
+# a = vh.ModelArgs(image_size=64, patch_size=8)
+# m = vh.VisionTransformer(a).eval()
+# n_big, n_article = vh.count_parameters(m), vh.count_parameters(vh.VisionTransformer(vh.ModelArgs()))
+# print(f"{a.n_patches} patches + [CLS] = {a.n_patches + 1} tokens of {a.dim} numbers")
+# print(f"parameters: {n_big:,} (32x32 with patch 4: {n_article:,}; difference {n_big - n_article:,})")
+# print("logits:", tuple(m(torch.randn(2, 3, 64, 64)).shape))
+# ```
+#
+# (64 / 8)² = 64 patches, so the sequence is again 65 tokens and the blocks cost the same. Only the
+# patch embedding grows, from 3·4·4 = 48 to 3·8·8 = 192 inputs: (192 - 48) x 256 = 36,864 more
+# parameters.
+#
+# </details>
+#
+# 3. **Count FLOPs with PyTorch.** Use `torch.utils.flop_counter.FlopCounterMode` to check
+#    `flops_per_image`.
+#
+# <details><summary>Hint</summary>
+#
+# Run one image through the model inside `with FlopCounterMode(display=False) as counter:` and read
+# `counter.get_total_flops()`. The counter may not see inside the fused attention kernel; each
+# block's `attn.fused = False` switches to the plain matrix multiplies of notebook 02.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import torch
+# from torch.utils.flop_counter import FlopCounterMode
+# import vit_helpers as vh
+#
+# args = vh.ModelArgs()
+# model = vh.VisionTransformer(args).eval()
+# x = torch.randn(1, 3, 32, 32)
+# for fused in (True, False):
+#     for block in model.transformer:
+#         block.attn.fused = fused
+#     with FlopCounterMode(display=False) as counter, torch.no_grad():
+#         model(x)
+#     print(f"attn.fused = {fused!s:5s}: FlopCounterMode counts {counter.get_total_flops():,}")
+# print(f"flops_per_image:            {vh.flops_per_image(args):,}")
+# ```
+#
+# With the plain attention the count equals `flops_per_image` exactly: both count 2 FLOPs per
+# multiply-add and only matrix multiplies. With the fused kernel on a CPU the counter misses the two
+# attention products (Q·Kᵀ and weights·V), about 6% of the total here.
+#
+# </details>

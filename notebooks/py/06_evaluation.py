@@ -3,14 +3,14 @@
 #
 # # 06 · Evaluation: one honest number, then a look inside
 #
-# The article stops at one test accuracy. Here we compute it once, with its uncertainty, then ask
-# what the model gets wrong, where it looks, what its positions learned, and whether its confidence
-# can be trusted.
+# The article this series follows (Pasha Shaik, *Building Vision Transformer from Scratch*) stops at
+# one test accuracy. Here we compute it once, with its uncertainty, then ask what the model gets
+# wrong, where it looks, what its positions learned, and whether its confidence can be trusted.
 #
 # **You will learn**
-# - test accuracy with a 95% confidence interval, and flip test-time augmentation;
+# - test accuracy with a 95% confidence interval (the Wilson interval), and flip test-time augmentation;
 # - the confusion matrix, per-class accuracy and the classes it mixes up;
-# - attention maps, attention rollout and mean attention distance;
+# - attention maps, attention rollout and mean attention distance, against a uniform-attention baseline;
 # - what the learned positional embeddings encode;
 # - calibration: reliability diagrams and the expected calibration error.
 
@@ -29,8 +29,18 @@ if importlib.util.find_spec("vit_helpers") is None:
     else:
         raise ModuleNotFoundError("vit_helpers is not installed: run `make run` or `pip install -e .` in the repository root")
 
+# %% [markdown]
+# **Which model.** In both modes this notebook analyses the full model trained with the fast recipe
+# (the article's architecture, 3.19M parameters): the checkpoint notebook 05 saved if it ran in full
+# mode, else the released weights that ship with `vit_helpers`. Evaluation needs no GPU, so on a
+# laptop too the numbers and figures below are those of the real trained ViT, not of quick mode's
+# small model.
+
 # %%
 import json
+import os
+import time
+from pathlib import Path
 
 import torch
 
@@ -41,45 +51,70 @@ from vit_helpers.train import predict
 
 runtime.print_mode()
 device = runtime.DEVICE
+root = paths.project_root() or Path.cwd()
+
+
+def shown(text: str) -> str:
+    """Paths in `text` relative to the repository, not this machine's folders."""
+    return text.replace(f"{root}{os.sep}", "")
+
+
 data = load_cifar10()
-model, ckpt, source = trained_model(runtime.RECIPE, device)
-args = model.args
+model, ckpt, source = trained_model("fast", device)
+source, args = shown(source), model.args
 print("model:", source)
 print(f"config: dim={args.dim}, layers={args.n_layers}, heads={args.n_heads}, patch={args.patch_size}; "
       f"{sum(p.numel() for p in model.parameters()):,} parameters")
-if runtime.QUICK:
-    print("Quick mode: this is the small model trained on a CPU in notebook 05, so the numbers are lower than a GPU run's.")
 
 # %% [markdown]
 # ## Test accuracy, once
-# The test set was not used for any choice. With 10,000 images, accuracy has a sampling
-# uncertainty: the Wilson interval gives its 95% range.
+# The test set was not used for any choice, so its accuracy is an honest estimate of how the model
+# does on new images. It is still an estimate: 10,000 other images would give a slightly different
+# number. A **95% confidence interval** is a range computed so that, over many such test sets, 95%
+# of the ranges would contain the true accuracy. For a proportion p̂ = k/n, the textbook range
+# p̂ ± 1.96·sqrt(p̂(1 - p̂)/n) (the normal approximation) misbehaves near 0% or 100% and for small n.
+# The **Wilson interval** solves the same approximation for the unknown true accuracy instead, which
+# keeps it inside [0, 1] and accurate for small n; with z = 1.96 its centre is
+# (p̂ + z²/2n) / (1 + z²/n) and its half-width z·sqrt(p̂(1 - p̂)/n + z²/4n²) / (1 + z²/n). At
+# n = 10,000 the two agree; `analysis.accuracy_with_ci` computes Wilson's.
+#
+# **Flip test-time augmentation (TTA)** classifies each image and its mirror image and averages the
+# two predicted probabilities. The model runs over the test set twice:
 
 # %%
-logits = predict(model, data.test_x, device=device)
+t0 = time.perf_counter()
+logits = predict(model, data.test_x, device=device)  # (10000, 10)
+logits_mirror = predict(model, data.test_x.flip(-1), device=device)  # the same images, mirrored left-right
+seconds = time.perf_counter() - t0
 preds = logits.argmax(-1)
 correct = int((preds == data.test_y).sum())
 acc, lo, hi = analysis.accuracy_with_ci(correct, len(preds))
-tta_logits = predict(model, data.test_x, device=device, flip_tta=True)
-tta_acc = (tta_logits.argmax(-1) == data.test_y).float().mean().item()
-print(f"test accuracy: {acc:.2%}  (95% CI {lo:.2%} - {hi:.2%}, n = {len(preds):,})")
-print(f"with flip test-time augmentation (average of image and mirror): {tta_acc:.2%}")
-print("the article: 75.07%")
+normal = 1.96 * (acc * (1 - acc) / len(preds)) ** 0.5
+tta_acc = ((logits.softmax(-1) + logits_mirror.softmax(-1)).argmax(-1) == data.test_y).float().mean().item()
+print(f"test accuracy: {acc:.2%}  (95% Wilson interval {lo:.2%} - {hi:.2%}, n = {len(preds):,}; normal approximation ± {normal:.2%})")
+print(f"with flip test-time augmentation: {tta_acc:.2%}")
+print(f"the article: 75.07%  |  {2 * len(preds):,} images classified in {seconds:.0f} s on the {device.type.upper()}")
 
 # %% [markdown]
-# The first line is the number to quote. Averaging over the mirrored image is a second, labelled
-# number: it costs two forward passes per image.
+# The first line is the number to quote; the interval is about ± 0.7 points wide, so differences
+# between models smaller than that are noise on this test set. Averaging over the mirror image is a
+# second, labelled number: it costs two forward passes per image. On two CPU cores the passes take
+# several minutes (the last line says how long they took where this notebook ran); on a GPU, seconds.
+#
+# `tools/run_series.py` (what `make run` calls) reports these numbers from the results file:
 
 # %%
 results = {"mode": runtime.MODE, "model_source": source, "test_accuracy": acc, "ci95": [lo, hi], "test_accuracy_flip_tta": tta_acc}
 out = paths.outputs_dir() / f"results_{runtime.RECIPE}.json"
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(results, indent=1))
-print("saved", out)
+print("saved", shown(str(out)))
 
 # %% [markdown]
 # ## Which classes, and which mistakes
-# Rows are true classes, columns predictions.
+# The **confusion matrix** counts, for every true class (rows), how often each class was predicted
+# (columns); the diagonal holds the correct answers. Each row divided by its total gives the
+# **per-class accuracy** (the share of that class's images classified correctly).
 
 # %%
 cm = analysis.confusion_matrix(data.test_y, preds, len(CIFAR10_CLASSES))
@@ -90,8 +125,10 @@ for c, a in sorted(zip(CIFAR10_CLASSES, per_class.tolist()), key=lambda t: t[1])
 print("most confused (true -> predicted, count):", analysis.most_confused_pairs(cm, CIFAR10_CLASSES, 5))
 
 # %% [markdown]
-# The animals are hardest, cat and dog above all; vehicles are easiest. The most confused pairs are
-# the visually similar ones. Some of the misclassified test images, with the model's confidence:
+# Cat and dog are the hardest classes (about 71% and 77% for the released model), then bird and deer;
+# the vehicles and the frog are easiest (89-94%). The most confused pairs are the visually similar
+# ones: cat and dog, in both directions, by far. Some of the misclassified test images, with the
+# model's confidence:
 
 # %%
 probs = logits.softmax(-1)
@@ -102,12 +139,14 @@ titles = [f"{CIFAR10_CLASSES[data.test_y[i]]}->{CIFAR10_CLASSES[preds[i]]}\n{pro
 fig = plots.show_images(data.test_x[show], titles, ncols=8, size=1.5)
 
 # %% [markdown]
-# These are the most *confident* mistakes (true -> predicted). Several are ambiguous even for people;
-# some look like label noise.
+# These are the most *confident* mistakes (true -> predicted, and the probability the model gave its
+# wrong answer). Several are ambiguous even for people; some look like label noise.
 #
 # ## Where the [CLS] token looks
-# In the last layer the [CLS] token gathers what the classifier reads. Its attention over the 8x8
-# patches, per head:
+# Notebook 04 showed that the [CLS] token gathers the image summary through attention. Its
+# attention weights in the last layer say where it reads from: one weight per patch, summing (with
+# the weight on itself) to 1. Per head, for one test image (colour: the attention weight, on one
+# scale for all heads):
 
 # %%
 # one image each of four classes (a folder copy lists the test set class by class, so no slicing)
@@ -115,55 +154,89 @@ idx = torch.stack([(data.test_y == c).nonzero()[3, 0] for c in (0, 3, 5, 8)])
 x = to_model_input(data.test_x[idx]).to(device)
 maps = model.attention_maps(x).float().cpu()  # (L, B, H, T, T)
 g = args.grid_size
-cls_last = maps[-1, :, :, 0, 1:].reshape(len(idx), args.n_heads, g, g)  # [CLS] row, patch columns
-fig = plots.plot_attention_heads(data.test_x[idx[0]], cls_last[0])
+cls_last = maps[-1, :, :, 0, 1:].reshape(len(idx), args.n_heads, g, g)  # [CLS] row, patch columns: (B, H, g, g)
+fig = plots.plot_attention_heads(data.test_x[idx[0]], cls_last[0], colorbar=True)
 
 # %% [markdown]
-# Different heads attend to different parts of the image: some to the object, some to the background.
+# Each head reads its own few patches: for this airplane, some heads pick patches on the plane's body,
+# others a corner of the background. The colour bar shows that even the brightest patch gets only
+# about a fifth of a head's attention: each head still spreads the rest over many patches.
 #
 # ## Attention rollout
-# One layer's attention ignores what earlier layers mixed. Rollout multiplies the (head-averaged,
-# residual-adjusted) attention of all layers to estimate how much each input patch flows into [CLS].
+# One layer's map ignores what earlier layers already mixed: a "patch" token in layer 6 holds
+# information from many patches. **Attention rollout** (Abnar & Zuidema, 2020) follows the flow
+# through all layers: average each layer's attention over the heads, then multiply the layers'
+# matrices, first to last, so entry (i, j) estimates how much input patch j reaches token i.
+# The **residual adjustment**: each block adds attention's output to its input (the residual
+# connection of notebook 03), so a token keeps itself as well as what it reads. Rollout models that
+# by replacing each layer's matrix A with (A + I)/2, half "keep yourself", half "read the others"
+# (I is the identity matrix), before multiplying. Below, the [CLS] row of the rollout, per image,
+# scaled to 0-1:
 
 # %%
-roll = analysis.attention_rollout(maps)  # (B, T, T)
-masks = roll[:, 0, 1:].reshape(len(idx), g, g)
-fig = plots.plot_rollout(data.test_x[idx], masks, [CIFAR10_CLASSES[int(data.test_y[i])] for i in idx])
+roll = analysis.attention_rollout(maps)  # (B, T, T), residual-adjusted
+masks = roll[:, 0, 1:].reshape(len(idx), g, g)  # how much each patch flows into [CLS]: (B, g, g)
+fig = plots.plot_rollout(data.test_x[idx], masks, [CIFAR10_CLASSES[int(data.test_y[i])] for i in idx], colorbar=True)
 
 # %% [markdown]
-# The rollout concentrates on the object in most images: the model mostly uses the right evidence.
+# For the airplane and the dog the rollout concentrates on the object; for the cat it is spread over
+# the face and its surroundings, for the ship over the hull and the water line. Rollout is an
+# estimate of how information flows, not a proof of what the model used, but the model mostly draws
+# on the object.
 #
 # ## Mean attention distance
-# For each head: how far (in pixels) does a patch look on average? The ViT paper found that some
-# heads look far even in the first layer, while others stay local, like convolutions.
+# For one head: take every patch's attention over the other patches, and average the distance in
+# pixels between the patch and the patches it reads, weighted by the attention weights. A head that
+# only reads its neighbours has a small distance (like a convolution); one that reads the whole
+# image, a large one. The ViT paper (Dosovitskiy et al., 2021, figure 7) found both kinds in early
+# layers. For a reference, compute the distance of **uniform attention**, a head that weighs all 64
+# patches equally, with the same function:
+
+# %%
+T = args.n_patches + 1
+uniform = analysis.mean_attention_distance(torch.ones(1, T, T), g, args.patch_size).item()  # one head, equal weights
+print(f"uniform attention over the {g}x{g} grid of {args.patch_size}-pixel patches: {uniform:.1f} px")
+
+# %% [markdown]
+# That is the average distance between two patch centres of the grid. A head scores above it only by
+# favouring far-away patches, and far below it only by focusing on its neighbourhood. Now the trained model's heads, averaged over 256 test images of all classes:
 
 # %%
 sample = torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(0))[:256]  # all classes
 batch = to_model_input(data.test_x[sample]).to(device)
-all_maps = model.attention_maps(batch).float().cpu()
+all_maps = model.attention_maps(batch).float().cpu()  # (L, B, H, T, T)
 dist = analysis.mean_attention_distance(all_maps, g, args.patch_size)  # (L, H)
-fig = plots.plot_mean_attention_distance(dist, args.patch_size)
+fig = plots.plot_mean_attention_distance(dist, args.patch_size, baseline=uniform)
 print("per layer, min and max over heads (pixels):", [(round(a, 1), round(b, 1)) for a, b in zip(dist.min(1).values.tolist(), dist.max(1).values.tolist())])
 
 # %% [markdown]
-# Early layers mix local and global heads; distances grow with depth as heads integrate the whole
-# image.
+# Every head sits near or below the dashed uniform line, most within about 4 px of it: on a 32x32
+# image cut into an 8x8 grid, every head looks across much of the image (the ViT paper's large
+# images leave far more room between "near" and "far"). The most local heads are in the early layers,
+# down to about 9 px (two patches) in layer 2; in layers 5 and 6 almost every head is close to
+# uniform, mixing the whole image before the [CLS] token is read.
 #
 # ## What the positional embeddings learned
-# Each tile shows one position's cosine similarity with every position. Nothing told the model
-# that patches form a 2-D grid; it learned it from data.
+# Each small tile belongs to one position (i, j) of the 8x8 grid and shows the cosine similarity of
+# that position's learned embedding with every position's (1: same direction, 0: unrelated, -1:
+# opposite). Nothing told the model that patches form a 2-D grid.
 
 # %%
-sim = analysis.pos_embedding_similarity(model.pos_embedding.float().cpu(), g)
-fig = plots.plot_pos_embedding_similarity(sim)
+sim = analysis.pos_embedding_similarity(model.pos_embedding.float().cpu(), g)  # (g, g, g, g)
+fig = plots.plot_pos_embedding_similarity(sim, colorbar=True)
 
 # %% [markdown]
-# Each position is most similar to itself and its neighbours, with row and column structure: the
-# 2-D layout, learned.
+# In each tile the bright spot sits at the tile's own position and fades with distance: each position
+# is most similar to itself and its neighbours, and tiles along a row or column share a pattern. The
+# model learned the 2-D layout of the patches from the data alone.
 #
 # ## Calibration
-# When the model says 90%, is it right 90% of the time? The reliability diagram bins predictions by
-# confidence; the expected calibration error (ECE) is the weighted gap to the diagonal.
+# The model's **confidence** in a prediction is the probability it gives its top class. A model is
+# **calibrated** when its confidence matches its accuracy: of all the predictions made with 90%
+# confidence, 90% are right. The **reliability diagram** sorts the test predictions into 15 bins of
+# confidence and plots each bin's accuracy; a calibrated model's bars follow the diagonal. The
+# **expected calibration error (ECE)** sums the gaps: for each bin, |accuracy - mean confidence|
+# weighted by the share of predictions in the bin (0 is perfect).
 
 # %%
 conf = probs.max(-1).values
@@ -173,10 +246,129 @@ fig = plots.plot_reliability(bins, ece)
 print(f"ECE = {ece:.3f}; mean confidence {conf.mean():.3f} vs accuracy {acc:.3f}")
 
 # %% [markdown]
-# Label smoothing and MixUp train the model to be less sure of itself, so it tends to be
-# *under*-confident (bars above the diagonal) rather than over-confident.
+# The bars sit above the diagonal: when the model says 60%, it is right about 70% of the time, and its
+# mean confidence is well below its accuracy. The model is *under*-confident. Label smoothing and
+# MixUp (notebook 05) train it to be less sure of itself; exercise 2 fixes the calibration
+# afterwards with one number, a temperature.
 #
 # ## Exercises
-# 1. Compute the 95% interval by bootstrap (resample the test set 1,000 times). Does it match Wilson?
-# 2. Temperature scaling: find T on the validation split that minimises NLL of logits / T. What is the ECE after?
-# 3. Draw the rollout without the residual term (`residual=False`). Why does it look worse?
+# 1. **Bootstrap interval.** Compute the 95% interval by bootstrap (resample the test set 1,000
+#    times). Does it match Wilson?
+#
+# <details><summary>Hint</summary>
+#
+# Keep a 0/1 tensor of correct answers. Draw 1,000 resampled test sets of the same size with
+# replacement (`torch.randint` gives the indices), take each one's accuracy, and read the 2.5% and
+# 97.5% quantiles. A subset of 500 test images keeps the forward pass quick on a CPU.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import torch
+# from vit_helpers import analysis
+# from vit_helpers.checkpoint import trained_model
+# from vit_helpers.data import load_cifar10
+# from vit_helpers.train import predict
+#
+# data = load_cifar10()
+# model, _, _ = trained_model("fast")
+# n = 500  # a subset: quick on a CPU (the notebook's interval uses all 10,000)
+# idx = torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(0))[:n]
+# correct = (predict(model, data.test_x[idx]).argmax(-1) == data.test_y[idx]).float()
+# resampled = torch.randint(0, n, (1000, n), generator=torch.Generator().manual_seed(1))  # 1,000 test sets
+# boot = correct[resampled].mean(1)
+# lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975])).tolist()
+# acc, w_lo, w_hi = analysis.accuracy_with_ci(int(correct.sum()), n)
+# print(f"accuracy on {n} test images: {acc:.1%}")
+# print(f"bootstrap 95% interval: {lo:.1%} - {hi:.1%}")
+# print(f"Wilson 95% interval:    {w_lo:.1%} - {w_hi:.1%}")
+# ```
+#
+# The two intervals agree to a few tenths of a point: for a plain accuracy the bootstrap needs no
+# formula but gives the same answer. Both are about ± 3 points at n = 500, and shrink as
+# 1/sqrt(n): ± 0.7 points at 10,000.
+#
+# </details>
+#
+# 2. **Temperature scaling.** Find the temperature T on the validation split that minimises the
+#    negative log-likelihood (the cross-entropy) of logits / T. What is the ECE after?
+#
+# <details><summary>Hint</summary>
+#
+# `vit_helpers.data.train_val_split` with the checkpoint's `train_config` (`val_size`, `seed`)
+# gives the validation images the model never trained on. Try a grid of temperatures, keep the one
+# with the lowest `F.cross_entropy(val_logits / T, val_y)`, then compare the test ECE at T = 1 and
+# at the chosen T.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import torch
+# import torch.nn.functional as F
+# from vit_helpers import analysis
+# from vit_helpers.checkpoint import trained_model
+# from vit_helpers.data import load_cifar10, train_val_split
+# from vit_helpers.train import predict
+#
+# data = load_cifar10()
+# model, ckpt, _ = trained_model("fast")
+# cfg = ckpt["train_config"]
+# _, val_idx = train_val_split(len(data.train_x), cfg["val_size"], cfg["seed"])  # held out from training
+# val_idx, test_idx = val_idx[:500], torch.arange(0, len(data.test_x), 20)  # 500 each: quick on a CPU
+# val_logits, val_y = predict(model, data.train_x[val_idx]), data.train_y[val_idx]
+# test_logits, test_y = predict(model, data.test_x[test_idx]), data.test_y[test_idx]
+# temps = torch.linspace(0.3, 2.0, 69)
+# T = temps[torch.stack([F.cross_entropy(val_logits / t, val_y) for t in temps]).argmin()].item()
+# for name, t in (("T = 1 (as trained)", 1.0), (f"T = {T:.2f} (fitted)", T)):
+#     conf, pred = (test_logits / t).softmax(-1).max(-1)
+#     ece = analysis.expected_calibration_error(conf, pred == test_y)
+#     print(f"{name:20s} test ECE {ece:.3f}, mean confidence {conf.mean():.3f}, accuracy {(pred == test_y).float().mean():.3f}")
+# ```
+#
+# The fitted T is below 1: dividing by it sharpens the probabilities of this under-confident model,
+# the mean confidence moves up to the accuracy, and the ECE drops several-fold. The accuracy does not
+# change: dividing all logits by the same T never changes which one is largest.
+#
+# </details>
+#
+# 3. **Rollout without the residual.** Draw the rollout without the residual term
+#    (`residual=False`). Why does it look worse?
+#
+# <details><summary>Hint</summary>
+#
+# `analysis.attention_rollout(maps, residual=False)`. Besides the pictures, compare the rollout's
+# rows: row i says where token i draws from. If all rows look alike, the map is not about [CLS] at all.
+#
+# </details>
+# <details><summary>Solution</summary>
+#
+# ```python
+# import torch
+# from vit_helpers import analysis, plots
+# from vit_helpers.checkpoint import trained_model
+# from vit_helpers.data import CIFAR10_CLASSES, load_cifar10, to_model_input
+#
+# data = load_cifar10()
+# model, _, _ = trained_model("fast")
+# idx = torch.stack([(data.test_y == c).nonzero()[3, 0] for c in (0, 3, 5, 8)])
+# maps = model.attention_maps(to_model_input(data.test_x[idx]))  # (L, B, H, T, T)
+# g = model.args.grid_size
+# for residual in (True, False):
+#     roll = analysis.attention_rollout(maps, residual=residual)  # (B, T, T)
+#     masks = roll[:, 0, 1:].reshape(len(idx), g, g)  # [CLS] row over the patches
+#     fig = plots.plot_rollout(data.test_x[idx], masks, [CIFAR10_CLASSES[int(data.test_y[i])] for i in idx])
+#     fig.suptitle(f"residual={residual}")
+#     corr = torch.corrcoef(roll[0, 1:, 1:])  # how alike the 64 patch tokens' rows are, first image
+#     print(f"residual={residual!s:5s}: mean correlation between different tokens' rollout rows "
+#           f"{corr[~torch.eye(len(corr), dtype=torch.bool)].mean():.3f}")
+# ```
+#
+# Without the residual term, multiplying six attention matrices blends everything into one
+# mixture: every token's row becomes the same (correlation 1.000), so the map says where *any*
+# token draws from, not what reaches [CLS] in particular. It ignores the skip connection that passes
+# each token's own content on through every block. With (A + I)/2 the rows stay distinct (about 0.3)
+# and the [CLS] map is specific to it.
+#
+# </details>

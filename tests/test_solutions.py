@@ -1,0 +1,188 @@
+"""Every notebook's exercises: each has one Hint and one Solution block, and every solution's code runs.
+
+The exercises live in the "## Exercises" markdown at the end of each notebook, in this shape:
+
+    1. **Short title.** The task.
+
+    <details><summary>Hint</summary>
+    ...
+    </details>
+    <details><summary>Solution</summary>
+
+    ```python
+    ...self-contained code...
+    ```
+    ...
+    </details>
+
+Each ```python block inside a Solution runs in a fresh interpreter, with cwd notebooks/ and VIT_MODE=quick,
+as a learner would run it by pasting it into a new cell.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jupytext
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
+TWINS = sorted((NB_DIR / "py").glob("[0-9][0-9]_*.py"))
+TIMEOUT_S = 120
+# Read at import, before conftest's fixtures point VIT_CACHE_DIR at an empty folder per test: the solutions
+# should reuse the decoded-dataset cache, as a learner's session would.
+BASE_ENV = dict(os.environ)
+
+HINT = "<details><summary>Hint</summary>"
+SOLUTION = "<details><summary>Solution</summary>"
+ITEM = re.compile(r"^(\d+)\.\s")  # a top-level numbered item: "1. **Title.** ..."
+CODE = re.compile(r"^[ \t]*```python[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
+
+
+@dataclass
+class Exercise:
+    number: str
+    text: str
+    problems: list[str] = field(default_factory=list)
+    solutions: list[str] = field(default_factory=list)
+
+
+def exercises_markdown(cells: list[tuple[str, str]]) -> str | None:
+    """The markdown from the "## Exercises" heading to the next "## " heading (or the end)."""
+    text = "\n\n".join(src for kind, src in cells if kind == "markdown")
+    start = re.search(r"^## Exercises[ \t]*$", text, re.M)
+    if start is None:
+        return None
+    rest = text[start.end():]
+    end = re.search(r"^## ", rest, re.M)
+    return rest[: end.start()] if end else rest
+
+
+def split_exercises(markdown: str) -> list[Exercise]:
+    """Cut the section at top-level numbered items, ignoring lines inside ``` fences."""
+    exercises, fenced = [], False
+    for line in markdown.splitlines(keepends=True):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        m = None if fenced else ITEM.match(line)
+        if m:
+            exercises.append(Exercise(m.group(1), line))
+        elif exercises:
+            exercises[-1].text += line
+    for ex in exercises:
+        n_hint, n_sol = ex.text.count(HINT), ex.text.count(SOLUTION)
+        if n_hint != 1:
+            ex.problems.append(f"exercise {ex.number} has {n_hint} Hint blocks (needs exactly one `{HINT}`)")
+        if n_sol != 1:
+            ex.problems.append(f"exercise {ex.number} has {n_sol} Solution blocks (needs exactly one `{SOLUTION}`)")
+            continue
+        body = ex.text.split(SOLUTION, 1)[1]
+        if "</details>" not in body:
+            ex.problems.append(f"exercise {ex.number}: its Solution block is not closed with </details>")
+        body = body.split("</details>", 1)[0]
+        ex.solutions = [textwrap.dedent(m.group(1)) for m in CODE.finditer(body)]
+        if not ex.solutions:
+            ex.problems.append(f"exercise {ex.number}: its Solution has no ```python block")
+    return exercises
+
+
+def parse_notebook(twin: Path) -> tuple[list[Exercise], list[str]]:
+    nb = jupytext.read(twin)
+    md = exercises_markdown([(c.cell_type, c.source) for c in nb.cells])
+    if md is None:
+        return [], [f"{twin.stem} has no '## Exercises' section"]
+    exercises = split_exercises(md)
+    if not exercises:
+        return [], [f"{twin.stem}: no numbered exercises under '## Exercises'"]
+    return exercises, [p for ex in exercises for p in ex.problems]
+
+
+def run_solution(code: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run one solution as a learner would: a fresh interpreter in notebooks/, quick mode, this checkout's package."""
+    env = dict(BASE_ENV, VIT_MODE="quick", MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), BASE_ENV.get("PYTHONPATH", "")) if p))
+    try:
+        return subprocess.run([sys.executable, "-c", code], cwd=NB_DIR, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return subprocess.CompletedProcess(e.cmd, returncode=-1, stdout="", stderr=f"timed out after {timeout} s\n{err}")
+
+
+def failures(exercises: list[Exercise], timeout: float = TIMEOUT_S) -> list[str]:
+    out = []
+    for ex in exercises:
+        for k, code in enumerate(ex.solutions, 1):
+            res = run_solution(code, timeout)
+            if res.returncode != 0:
+                out.append(f"exercise {ex.number}, solution block {k}: exit code {res.returncode}\n"
+                           f"--- code ---\n{code}--- stderr (last 3000 characters) ---\n{res.stderr[-3000:]}")
+    return out
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=[t.stem for t in TWINS])
+def test_every_exercise_has_a_hint_and_a_solution(twin):
+    _, problems = parse_notebook(twin)
+    assert not problems, f"{twin.stem}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=[t.stem for t in TWINS])
+def test_every_solution_runs(twin):
+    exercises, _ = parse_notebook(twin)
+    assert any(ex.solutions for ex in exercises), f"{twin.stem}: no solution code to run"
+    failed = failures(exercises)
+    assert not failed, f"{twin.stem}: {len(failed)} solution block(s) failed\n\n" + "\n\n".join(failed)
+
+
+# The checks themselves, on a made-up section: they must catch a missing block and a failing solution.
+GOOD = """
+1. **Works.** Print something.
+
+<details><summary>Hint</summary>
+
+Use print.
+
+</details>
+<details><summary>Solution</summary>
+
+```python
+print("ok")
+```
+
+It prints ok.
+
+</details>
+"""
+
+
+def _section(body: str) -> list[tuple[str, str]]:
+    return [("markdown", "# Title"), ("code", "x = 1"), ("markdown", "## Exercises\n" + body)]
+
+
+def test_the_checks_accept_a_good_section():
+    exercises = split_exercises(exercises_markdown(_section(GOOD)))
+    assert [ex.number for ex in exercises] == ["1"] and not exercises[0].problems
+    assert exercises[0].solutions == ['print("ok")\n']
+
+
+def test_the_checks_catch_a_missing_block():
+    no_hint = GOOD.replace(HINT, "")
+    two_solutions = GOOD + GOOD.replace("1. **Works.**", "2. **Twice.**").replace(HINT, SOLUTION)
+    no_code = GOOD.replace("```python", "```text")
+    assert split_exercises(exercises_markdown(_section(no_hint)))[0].problems
+    assert split_exercises(exercises_markdown(_section(two_solutions)))[1].problems
+    assert split_exercises(exercises_markdown(_section(no_code)))[0].problems
+    assert exercises_markdown([("markdown", "# no exercises here")]) is None
+
+
+def test_the_checks_catch_a_failing_solution():
+    failing = GOOD.replace('print("ok")', 'raise RuntimeError("broken solution")')
+    exercises = split_exercises(exercises_markdown(_section(failing)))
+    failed = failures(exercises, timeout=30)
+    assert len(failed) == 1 and "exercise 1" in failed[0] and "broken solution" in failed[0]
+    assert not failures(split_exercises(exercises_markdown(_section(GOOD))), timeout=30)
