@@ -217,7 +217,7 @@ def notebook_05_step():
 
     nb = jupytext.read(Path(__file__).resolve().parents[1] / "notebooks" / "py" / "05_training.py")
     cell = next(c.source for c in nb.cells if c.cell_type == "code" and "def training_step(" in c.source)
-    namespace = {}
+    namespace = {"torch": torch, "F": torch.nn.functional}  # what the notebook imported earlier
     exec(cell, namespace)
     return namespace["training_step"]
 

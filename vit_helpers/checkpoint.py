@@ -253,12 +253,12 @@ def trained_model(recipe_name: str, device=None) -> tuple[VisionTransformer, dic
     local = paths.checkpoint_dir() / recipe_name / "best.pt"
     if local.is_file():
         model, ckpt = load_model(local, device)
-        return model, ckpt, f"checkpoint from notebook 05 ({recipe_name} recipe): {local}"
+        return model, ckpt, f"checkpoint from notebook 05 ({recipe_name} recipe): {shown(local)}"
     if not paths.RELEASED_WEIGHTS.is_file():
-        raise FileNotFoundError(f"no checkpoint at {local} and no released weights at {paths.RELEASED_WEIGHTS}; run notebook 05 first")
+        raise FileNotFoundError(f"no checkpoint at {shown(local)} and no released weights at {shown(paths.RELEASED_WEIGHTS)}; run notebook 05 first")
     model, ckpt = load_model(paths.RELEASED_WEIGHTS, device)
     return model, ckpt, (f"released weights ({paths.RELEASED_WEIGHTS.name}, fast recipe on an H100), because "
-                         f"notebook 05 has not saved {local} yet")
+                         f"notebook 05 has not saved {shown(local)} yet")
 
 
 # ---- the training state: written and read here, and nowhere else ----

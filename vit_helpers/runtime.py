@@ -33,7 +33,8 @@ def describe() -> str:
     """One line saying which mode this run is in and on what hardware."""
     hw = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     why = f"forced by {MODE_ENV}" if os.environ.get(MODE_ENV) else ("a GPU was found" if MODE == "full" else "no GPU was found")
-    what = "full training recipe" if MODE == "full" else "small model, subset of the data: real results, smaller"
+    what = ("full training recipe" if MODE == "full" else
+            "training: a small model on a subset (real results, smaller); analysis: the released full model")
     return f"Mode: {MODE} ({why}); device: {hw}; {what}"
 
 

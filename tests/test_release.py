@@ -1,0 +1,83 @@
+"""The release is one thing: stored outputs, release/ records, released weights and the README agree.
+
+`python tools/run_series.py --release` (on a GPU) writes them together; these checks run in CI.
+"""
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+RELEASE = ROOT / "release"
+ABSOLUTE_PATH = re.compile(r"(?<![:\w/.])/(?:[A-Za-z0-9_.-]+/)+[A-Za-z0-9_.-]*")  # as the before-stop check reads them
+LOG_ROW = re.compile(r"^\s*\d+/\d+\s+[\d.]+\s+[\d.]+\s")  # a row of train()'s epoch table
+MODE_LINE = re.compile(r"Mode: (\w+) \(([^)]*)\); device: ([^;\n]+)")
+
+
+def manifest() -> dict:
+    return json.loads((RELEASE / "manifest.json").read_text())
+
+
+def output_texts(nb_path: Path) -> list[tuple[str, str]]:
+    """(output type or stream name, text) of every stored output."""
+    nb = nbformat.read(nb_path, as_version=4)
+    out = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            text = o.get("text", "") + "".join(o.get("data", {}).get("text/plain", ""))
+            out.append((o.get("name", o.get("output_type")), text))
+    return out
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_outputs_are_clean(nb_path):
+    """No machine paths, warnings, tracebacks, stderr boxes, widgets or long training logs in what a reader sees."""
+    outputs = output_texts(nb_path)
+    problems = [f"stderr output: {t[:80]!r}" for kind, t in outputs if kind == "stderr"]
+    for kind, text in outputs:
+        if m := ABSOLUTE_PATH.search(text):
+            problems.append(f"absolute path {m.group(0)!r}")
+        problems += [f"{word} in {text[:80]!r}" for word in ("Warning", "Traceback", "Error displaying widget") if word in text]
+        if (rows := sum(bool(LOG_ROW.match(line)) for line in text.splitlines())) > 30:
+            problems.append(f"{rows} training-log rows in one output (at most 30)")
+    nb = nbformat.read(nb_path, as_version=4)
+    problems += ["a progress-bar widget" for c in nb.cells for o in c.get("outputs", [])
+                 if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert not problems, f"{nb_path.name}:\n  " + "\n  ".join(problems)
+
+
+def test_every_notebook_comes_from_the_same_release_on_one_gpu():
+    m = manifest()
+    assert sorted(m["notebooks"]) == [p.stem for p in NOTEBOOKS], "release/manifest.json must list every notebook"
+    for nb_path in NOTEBOOKS:
+        modes = [MODE_LINE.search(t) for _, t in output_texts(nb_path)]
+        modes = [x for x in modes if x]
+        assert modes, f"{nb_path.name} has no stored mode line (runtime.print_mode())"
+        mode, _, device = modes[0].groups()
+        assert (mode, device.strip()) == ("full", m["gpu"]), f"{nb_path.name} ran in {mode} mode on {device}, the release on {m['gpu']}"
+
+
+def test_released_weights_are_the_release_model():
+    from vit_helpers import paths
+    from vit_helpers.checkpoint import load
+
+    m = manifest()
+    state = load(paths.RELEASED_WEIGHTS)
+    assert state["best_val_acc"] == m["released_weights"]["best_val_acc"]
+    assert m["gpu"] in state["made_by"]
+
+
+def test_readme_quotes_the_release():
+    readme = (ROOT / "README.md").read_text()
+    m = manifest()
+    assert m["gpu"] in readme and m["date"] in readme, "the README must name the release's GPU and date"
+    evaluation = json.loads((RELEASE / "results_fast.json").read_text())
+    assert f"{evaluation['test_accuracy']:.2%}" in readme, "the README must quote the released model's test accuracy"
+    stored = "".join(t for _, t in output_texts(ROOT / "notebooks" / "06_evaluation.ipynb"))
+    assert f"{evaluation['test_accuracy']:.2%}" in stored, "06's stored output must show the accuracy the release recorded"
+    for extra in sorted(RELEASE.glob("*.json")):
+        for key, value in json.loads(extra.read_text()).items() if extra.name.startswith("readme_") else []:
+            assert value in readme, f"{extra.name}: the README must quote {key} = {value!r}"
