@@ -132,6 +132,10 @@ def make_step(model: nn.Module, cfg: TrainConfig, device: torch.device, batches)
     if device.type != "cuda" and dropped:
         warnings.warn(f"training on the {device.type.upper()}: {', '.join(dropped)} need a CUDA GPU and are dropped "
                       "(this run uses float32, eager, one step at a time)", stacklevel=3)
+    if cfg.compile and device.type == "cuda" and cfg.precision == "auto":
+        # Under autocast the matrix multiplies run in bf16/fp16, so inductor's hint to enable TF32 for float32 ones
+        # does not apply; left on, it is the one warning every compiled run would print.
+        warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*", category=UserWarning)
     if cfg.cuda_graph and device.type == "cuda":
         if autocast_settings(cfg.precision, device)[1]:
             warnings.warn("this GPU has no bfloat16: float16 needs a GradScaler, which waits for the GPU every step, "
