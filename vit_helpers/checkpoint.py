@@ -278,7 +278,7 @@ def _tensors_hash(tensors: Iterable[torch.Tensor]) -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.view(torch.uint8).reshape(-1).numpy())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # 1-D first: a 0-dim tensor (BatchNorm's step count) has no byte view
     return h.hexdigest()
 
 
