@@ -1,12 +1,20 @@
-"""Side-by-side training benchmark: the article's recipe, the fast recipe, the large recipe.
+"""Side-by-side training benchmark: the article's recipe, the fast and large recipes, the teacher CNN, the
+distilled ViT, and the airbench CNNs as the external peer.
 
 On a GPU:   python benchmarks/train_speed.py --out results.json
+            python benchmarks/train_speed.py --recipes teacher,distilled,airbench94,airbench96
 On a CPU:   python benchmarks/train_speed.py --tiny      (a few seconds; what CI runs)
 
 Prints one table: test accuracy, epochs, training seconds, images/s, time to 75% and 90% validation
 accuracy, model FLOPs utilisation against the measured bf16 matrix rate, peak GPU memory, hardware
 and versions. The article's recipe runs only a few epochs; its full-length numbers are extrapolated
-and labelled so.
+and labelled so. A distilled recipe first trains its teacher (TEACHER_RECIPES), once per invocation,
+and counts the teacher's training time in its own ("train s" = teacher + student).
+
+airbench94/airbench96 (Jordan, arXiv:2404.00498; optional: `pip install airbench`) train on the same
+45,000 training-split images and are tested on the same 10,000 test images, written for its loader as
+cifar10/train.pt and cifar10/test.pt in a temporary folder; with their default hyperparameters and
+their test-time augmentation. Their rows need a CUDA GPU.
 """
 from __future__ import annotations
 
@@ -22,9 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vit_helpers import VisionTransformer, count_parameters, flops_per_image  # noqa: E402
-from vit_helpers.data import GPUBatches, load_cifar10  # noqa: E402
+from vit_helpers import ModelArgs, count_parameters, flops_per_image  # noqa: E402
+from vit_helpers.cnn import build_model  # noqa: E402
+from vit_helpers.config import TEACHER_RECIPES  # noqa: E402
+from vit_helpers.data import GPUBatches, load_cifar10, train_val_split  # noqa: E402
 from vit_helpers.train import evaluate, recipe, train  # noqa: E402
+
+AIRBENCH = ("airbench94", "airbench96")
 
 
 def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
@@ -46,9 +58,9 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float 
     return 2 * n**3 / statistics.median(times) / 1e12
 
 
-def time_to(history: list[dict], threshold: float) -> float | None:
-    """Training seconds (evaluation excluded) until validation accuracy first reaches `threshold`."""
-    total = 0.0
+def time_to(history: list[dict], threshold: float, start: float = 0.0) -> float | None:
+    """Training seconds (evaluation excluded, `start` added) until validation accuracy first reaches `threshold`."""
+    total = start
     for h in history:
         total += h["seconds"]
         if h["val_acc"] >= threshold:
@@ -56,47 +68,112 @@ def time_to(history: list[dict], threshold: float) -> float | None:
     return None
 
 
+def forward_flops(model: torch.nn.Module, args) -> float:
+    """Forward FLOPs per image: the ViT's formula, or counted on one image (the CNN)."""
+    if isinstance(args, ModelArgs):
+        return flops_per_image(args)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 32, 32, device=p.device))
+    return float(counter.get_total_flops())
+
+
 def run(name: str, data, device, epochs: int | None, tiny: bool, save_weights: Path | None, overrides: dict | None = None,
-        log: bool = False, model_overrides: dict | None = None) -> dict:
+        log: bool = False, model_overrides: dict | None = None, teacher: dict | None = None) -> dict:
+    """Train recipe `name` and measure it; `teacher`: a teacher row (with its "model") for a distilled recipe."""
     args, cfg = recipe(name)
     args = args.replace(**(model_overrides or {}))
     changes = {"epochs": epochs} if epochs else {}
     changes.update(overrides or {})
     if tiny:
-        args = args.replace(dim=32, hidden_dim=64, n_heads=2, n_layers=2)
+        args = (args.replace(dim=32, hidden_dim=64, n_heads=2, n_layers=2) if isinstance(args, ModelArgs)
+                else args.replace(stem_width=8, widths=(16, 16, 32)))
         changes.update(epochs=epochs or 2, batch_size=64, train_subset=512, val_size=256, num_workers=0,
                        compile=False, eval_batch_size=256)
     cfg = cfg.replace(**changes)
     full_epochs = recipe(name)[1].epochs
     torch.manual_seed(cfg.seed)
-    model = VisionTransformer(args)
+    model = build_model(args)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    result = train(model, data, cfg, device=device, progress=log)
+    result = train(model, data, cfg, teacher=teacher["model"] if teacher else None, device=device, progress=log)
     wall = time.perf_counter() - t0
     test = GPUBatches(data.test_x, data.test_y, 1000, device=device)
     _, test_acc = evaluate(model, test, device, cfg.precision)
     h = result.history
     steady = [r["images_per_s"] for r in (h[1:] if len(h) > 1 else h)]
     secs = [r["seconds"] for r in (h[1:] if len(h) > 1 else h)]
+    before = teacher["train_seconds"] if teacher else 0.0  # a distilled run's clock starts with its teacher's training
+    flops = forward_flops(model, args)
     row = {
         "recipe": name, "params": count_parameters(model), "epochs": len(h), "recipe_epochs": full_epochs,
-        "test_acc": test_acc, "best_val_acc": result.best_val_acc, "train_seconds": result.train_seconds,
+        "test_acc": test_acc, "best_val_acc": result.best_val_acc, "train_seconds": before + result.train_seconds,
         "wall_seconds": wall, "first_epoch_seconds": h[0]["seconds"], "median_epoch_seconds": statistics.median(secs),
-        "images_per_s": statistics.median(steady), "time_to_75": time_to(h, 0.75), "time_to_90": time_to(h, 0.90),
-        "flops_per_image": flops_per_image(args), "batch_size": cfg.batch_size,
+        "images_per_s": statistics.median(steady), "time_to_75": time_to(h, 0.75, before), "time_to_90": time_to(h, 0.90, before),
+        "flops_per_image": flops, "batch_size": cfg.batch_size,
+        # a training step: forward and backward (3 forwards), plus the teacher's forward when distilling
+        "step_flops_per_image": 3 * flops + (teacher["flops_per_image"] if teacher else 0.0),
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "extrapolated": len(h) < full_epochs, "history": h,
+        "extrapolated": len(h) < full_epochs, "history": h, "config": cfg.to_dict(), "model_args": args.to_dict(),
     }
+    if teacher:
+        row.update(teacher=teacher["recipe"], teacher_seconds=before, student_seconds=result.train_seconds,
+                   teacher_test_acc=teacher["test_acc"])
     if row["extrapolated"]:
-        row["extrapolated_train_seconds"] = row["median_epoch_seconds"] * full_epochs
+        row["extrapolated_train_seconds"] = before + row["median_epoch_seconds"] * full_epochs
     if save_weights is not None:
         from vit_helpers.checkpoint import save_model
 
         save_model(save_weights, model, cfg, data, result, test_acc=test_acc, made_by="benchmarks/train_speed.py",
                    data_source=data.source)
-    return row
+    return row, model
+
+
+def run_airbench(name: str, data, device, val_size: int = 5000, seed: int = 0) -> dict:
+    """airbench's own training (its defaults) on our training split, tested on our test set with its TTA."""
+    import os
+    import tempfile
+
+    if device.type != "cuda":
+        raise RuntimeError(f"{name} needs a CUDA GPU (airbench moves its model and data to cuda)")
+    try:
+        import airbench
+    except ImportError as e:
+        raise RuntimeError(f"{name} needs the airbench package (optional): pip install airbench, or unpack "
+                           "../shared/device-kit/extra/airbench-0.1.8.tar.gz and put it on PYTHONPATH") from e
+    lib = getattr(airbench, f"lib_{name}")
+    train_idx, _ = train_val_split(len(data.train_x), val_size, seed)  # the same 45,000 images our recipes train on
+    nhwc = lambda x: x.permute(0, 2, 3, 1).contiguous()  # (N, C, H, W) -> (N, H, W, C), airbench's layout
+    here = Path.cwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "cifar10").mkdir()
+        torch.save({"images": nhwc(data.train_x[train_idx]), "labels": data.train_y[train_idx], "classes": list(data.classes)},
+                   Path(tmp) / "cifar10" / "train.pt")
+        torch.save({"images": nhwc(data.test_x), "labels": data.test_y, "classes": list(data.classes)}, Path(tmp) / "cifar10" / "test.pt")
+        os.chdir(tmp)  # its CifarLoader reads cifar10/*.pt from the working folder
+        try:
+            getattr(airbench, f"warmup{name[-2:]}")(verbose=True)  # one step: cuDNN's algorithm search, as its README does
+            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model = getattr(airbench, f"train{name[-2:]}")(verbose=False)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            test = airbench.CifarLoader("cifar10", train=False, batch_size=2000)
+            test_acc = airbench.evaluate(model, test, tta_level=lib.hyp["net"]["tta_level"])
+        finally:
+            os.chdir(here)
+    epochs = lib.hyp["opt"]["train_epochs"]
+    return {"recipe": name, "params": count_parameters(model), "epochs": epochs, "recipe_epochs": epochs, "test_acc": test_acc,
+            "best_val_acc": None, "train_seconds": seconds, "images_per_s": len(train_idx) * epochs / seconds,
+            "time_to_75": None, "time_to_90": None, "flops_per_image": None, "step_flops_per_image": None,
+            "batch_size": lib.hyp["opt"]["batch_size"], "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "extrapolated": False, "history": [], "note": f"airbench {name} defaults, test-time augmentation level "
+            f"{lib.hyp['net']['tta_level']}, timed without its per-epoch evaluation"}
 
 
 def fmt(v, spec="{:.1f}", none="-"):
@@ -107,8 +184,11 @@ def table(rows: list[dict], peak_tflops: float | None) -> str:
     lines = ["| recipe | params | epochs | test acc | train s | images/s | to 75% (s) | to 90% (s) | MFU | peak mem (GiB) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        mfu = (3 * r["flops_per_image"] * r["images_per_s"] / (peak_tflops * 1e12)) if peak_tflops else None
+        step_flops = r.get("step_flops_per_image")
+        mfu = (step_flops * r["images_per_s"] / (peak_tflops * 1e12)) if peak_tflops and step_flops else None
         train_s = fmt(r["train_seconds"])
+        if r.get("teacher"):
+            train_s += f" (teacher {r['teacher_seconds']:.1f} + student {r['student_seconds']:.1f})"
         epochs = str(r["epochs"])
         acc = f"{100 * r['test_acc']:.2f}%"
         if r["extrapolated"]:
@@ -146,7 +226,8 @@ def parse_settings(items: list[str]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", default="article,fast,large", help="comma-separated recipe names")
+    p.add_argument("--recipes", default="article,fast,large", help="comma-separated recipe names (any of vit_helpers.config."
+                   f"RECIPES) and {', '.join(AIRBENCH)}")
     p.add_argument("--article-epochs", type=int, default=2, help="epochs of the article's recipe to run (then extrapolate)")
     p.add_argument("--epochs", type=int, default=None, help="override the epochs of the other recipes")
     p.add_argument("--tiny", action="store_true", help="tiny models and data on the CPU: checks the script runs")
@@ -156,6 +237,10 @@ def main(argv=None) -> int:
                    help="override a TrainConfig field of the non-article recipes, e.g. --set mix_prob=0")
     p.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a ModelArgs field of the non-article recipes, e.g. --model-set drop_path=0.1")
+    p.add_argument("--teacher-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a TrainConfig field of the teacher recipes (and of the teachers the distilled ones train)")
+    p.add_argument("--teacher-model-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a CNNArgs field of the teacher recipes, e.g. --teacher-model-set stem_width=32")
     p.add_argument("--log", action="store_true", help="print the training progress")
     p.add_argument("--save-weights", type=Path, default=None, help="save the fast recipe's trained model here")
     a = p.parse_args(argv)
@@ -172,22 +257,41 @@ def main(argv=None) -> int:
     if a.tiny:
         data.test_x, data.test_y = data.test_x[:256], data.test_y[:256]
     overrides, model_overrides = parse_settings(a.set), parse_settings(a.model_set)
+    teacher_overrides, teacher_model_overrides = parse_settings(a.teacher_set), parse_settings(a.teacher_model_set)
     peak = matmul_tflops(device)
-    rows = []
-    for name in a.recipes.split(","):
-        epochs = a.article_epochs if name == "article" else a.epochs
+    rows, teachers = [], {}  # teachers: recipe name -> its row with its trained model, trained once per invocation
+
+    def measure(name: str) -> dict:
         print(f"== {name} ==", flush=True)
+        if name in AIRBENCH:
+            return run_airbench(name, data, device)
+        if name in TEACHER_RECIPES.values():
+            row, model = run(name, data, device, None, a.tiny, None, teacher_overrides, a.log, teacher_model_overrides)
+            teachers[name] = {**row, "model": model}
+            row["overrides"] = {**teacher_overrides, **{f"model.{k}": v for k, v in teacher_model_overrides.items()}}
+            return row
         plain = name == "article"  # the article's recipe always runs as published
-        rows.append(run(name, data, device, epochs, a.tiny, a.save_weights if name == "fast" else None,
-                        None if plain else overrides, a.log, None if plain else model_overrides))
-        rows[-1]["overrides"] = {} if plain else {**overrides, **{f"model.{k}": v for k, v in model_overrides.items()}}
+        teacher = None
+        if name in TEACHER_RECIPES:
+            if TEACHER_RECIPES[name] not in teachers:
+                measure(TEACHER_RECIPES[name])  # trained here, not a row of its own unless asked for
+            teacher = teachers[TEACHER_RECIPES[name]]
+        row, _ = run(name, data, device, a.article_epochs if plain else a.epochs, a.tiny,
+                     a.save_weights if name == "fast" else None, None if plain else overrides, a.log,
+                     None if plain else model_overrides, teacher)
+        row["overrides"] = {} if plain else {**overrides, **{f"model.{k}": v for k, v in model_overrides.items()}}
+        return row
+
+    for name in a.recipes.split(","):
+        rows.append(measure(name))
         r = rows[-1]
         print(f"{name}: test acc {r['test_acc']:.4f} after {r['epochs']} epochs, {r['train_seconds']:.1f} s training, "
               f"{r['images_per_s']:,.0f} img/s, to 90%: {fmt(r['time_to_90'])} s", flush=True)
     env = environment(device, peak)
     text = table(rows, peak)
     print("\n" + text + "\n\n" + env + "\nTime to X%: training seconds (evaluation excluded, compilation included) until "
-          "validation accuracy first reached X%. MFU: 3 x forward FLOPs x images/s over the measured bf16 rate.")
+          "validation accuracy first reached X%; a distilled row's clock starts with its teacher's training. MFU: training FLOPs "
+          "per image (3 x forward, plus the teacher's forward when distilling) x images/s over the measured bf16 rate.")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"environment": env, "peak_tflops": peak, "table": text, "rows": rows}, indent=1))

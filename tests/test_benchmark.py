@@ -10,12 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_tiny_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--tiny", "--synthetic",
-                           "--recipes", "article,fast", "--article-epochs", "1", "--epochs", "2", "--out", str(out)],
+                           "--recipes", "article,fast,distilled", "--article-epochs", "1", "--epochs", "2", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| recipe | params | epochs | test acc |" in proc.stdout and "extrapolated" in proc.stdout
     result = json.loads(out.read_text())
     names = [r["recipe"] for r in result["rows"]]
-    assert names == ["article", "fast"]
+    assert names == ["article", "fast", "distilled"]  # the distilled row's teacher is trained, not listed
     for r in result["rows"]:
         assert r["images_per_s"] > 0 and 0 <= r["test_acc"] <= 1 and len(r["history"]) == r["epochs"]
+    distilled = result["rows"][-1]
+    assert distilled["teacher"] == "teacher" and distilled["teacher_seconds"] > 0
+    assert distilled["train_seconds"] == distilled["teacher_seconds"] + distilled["student_seconds"]

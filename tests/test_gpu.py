@@ -107,3 +107,40 @@ def test_the_graph_records_the_plain_step_and_resumes_exactly(tiny_args, tmp_pat
     T.train(resumed, data, cfg, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=k)
+
+
+@cuda
+@pytest.mark.parametrize("kind", ["hard", "soft", "cnn_sgd"])
+def test_the_graph_trains_a_distilled_student_and_an_sgd_cnn_like_the_plain_loop(tiny_args, kind):
+    """The teacher runs inside the recorded step; SGD (a device-tensor lr, no capturable flag) replays correctly."""
+    from conftest import synthetic_data
+    from vit_helpers import VisionTransformer
+    from vit_helpers.cnn import ConvNet
+    from vit_helpers.config import CNNArgs
+    from vit_helpers.train import TrainConfig, train
+
+    cnn = CNNArgs(stem_width=8, widths=(16, 16), residual=(True, False), n_classes=5)
+    cfg = TrainConfig(epochs=3, batch_size=32, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine",
+                      warmup_epochs=1, grad_clip=1.0, pipeline="gpu", augment="crop_flip", mix_prob=0.5,
+                      label_smoothing=0.1, precision="fp32", val_size=64, eval_batch_size=64)
+    if kind == "cnn_sgd":
+        cfg, teacher = cfg.replace(optimizer="sgd", lr=0.05, weight_decay=5e-4, grad_clip=None, mix_prob=0.0), None
+    else:
+        cfg = cfg.replace(distill=kind, **({"distill_temperature": 2.0} if kind == "soft" else {}))
+        torch.manual_seed(1)
+        teacher = ConvNet(cnn).cuda()
+        before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    runs = []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = ConvNet(cnn) if kind == "cnn_sgd" else VisionTransformer(tiny_args)
+        result = train(model, synthetic_data(), cfg.replace(cuda_graph=graphed), teacher=teacher, progress=False)
+        runs.append((model.state_dict(), result.history))
+    (w0, h0), (w1, h1) = runs
+    for k in w0:
+        torch.testing.assert_close(w1[k], w0[k], atol=2e-4, rtol=1e-3, msg=k)
+    for a, b in zip(h0, h1):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    if teacher is not None:
+        for k, v in teacher.state_dict().items():
+            assert torch.equal(v, before[k]), k

@@ -174,7 +174,15 @@ def test_released_weights_are_the_fast_recipe():
     ({"schedule": "multistep", "warmup_epochs": 1}, "warmup_epochs is used only by schedule='cosine'"),
     ({"compile_mode": "reduce-overhead"}, "needs compile=True"),
     ({"budget_minutes": 0}, "budget_minutes must be positive"),
-    ({"optimizer": "sgd"}, "optimizer='sgd' is not one of"),
+    ({"optimizer": "lion"}, "optimizer='lion' is not one of"),
+    ({"momentum": 0.8}, "momentum=0.8 is used only by optimizer='sgd'"),
+    ({"optimizer": "sgd", "betas": (0.8, 0.99)}, "are used only by Adam"),
+    ({"distill_weight": 0.3}, "distill_weight=0.3 is used only with distillation"),
+    ({"distill_temperature": 2.0}, "distill_temperature=2.0 is used only with distillation"),
+    ({"distill": "hard", "distill_temperature": 2.0}, "distill_temperature is used only by distill='soft'"),
+    ({"distill": "soft", "distill_weight": 1.5}, "distill_weight must be in [0, 1]"),
+    ({"distill": "soft", "distill_temperature": 0}, "distill_temperature must be positive"),
+    ({"distill": "dark"}, "distill='dark' is not one of"),
     ({"repeats": 3}, "repeats=3 must divide batch_size=32"),
 ])
 def test_config_refuses_bad_fields_and_ignored_options(changes, message):

@@ -273,14 +273,26 @@ class ResumeError(ValueError):
     """A checkpoint belongs to another run (model, training config or data)."""
 
 
-def data_fingerprint(data) -> str:
-    """A short hash of the training images and labels: a resume on other data is refused."""
+def _tensors_hash(tensors: Iterable[torch.Tensor]) -> str:
     h = hashlib.blake2b(digest_size=12)
-    for t in (data.train_x, data.train_y):
+    for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.view(torch.uint8).reshape(-1).numpy())
-    return f"{h.hexdigest()} ({len(data.train_x)} images)"
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # 1-D first: a 0-dim tensor (BatchNorm's step count) has no byte view
+    return h.hexdigest()
+
+
+def data_fingerprint(data) -> str:
+    """A short hash of the training images and labels: a resume on other data is refused."""
+    return f"{_tensors_hash((data.train_x, data.train_y))} ({len(data.train_x)} images)"
+
+
+def teacher_fingerprint(teacher: torch.nn.Module | None) -> str | None:
+    """A short hash of a distillation teacher's weights and buffers (None: no teacher): a resume with another is refused."""
+    if teacher is None:
+        return None
+    state = teacher.state_dict()
+    return f"{_tensors_hash(state.values())} ({type(teacher).__name__}, {len(state)} tensors)"
 
 
 def shown(path: str | os.PathLike) -> str:
@@ -294,25 +306,34 @@ def shown(path: str | os.PathLike) -> str:
     return path.name
 
 
-def run_differences(state: dict, args: ModelArgs | None, cfg, fingerprint: str) -> list[str]:
-    """What differs between a saved run and the one asked for, one line per field."""
+def train_config_differences(saved: dict, cfg) -> list[str]:
+    """What differs between a saved training config (a dict) and `cfg`, one line per field. A field the saved config
+    lacks counts as its default: fields are added with the default that keeps the old behaviour."""
+    default = type(cfg)().to_dict()
+    return [f"{k}: checkpoint has {saved.get(k, default[k])!r}, given {v!r}" for k, v in cfg.to_dict().items()
+            if saved.get(k, default[k]) != v]
+
+
+def run_differences(state: dict, args: ModelArgs | None, cfg, fingerprint: str, teacher: str | None = None) -> list[str]:
+    """What differs between a saved run and the one asked for, one line per field (`teacher`: its fingerprint)."""
     diffs = []
     if args is not None and state.get("model_args") is not None:
         saved = state["model_args"]
         diffs += [f"model {k}: checkpoint has {saved.get(k)!r}, given {v!r}" for k, v in args.to_dict().items() if saved.get(k) != v]
-    saved_cfg = state.get("train_config", {})
-    diffs += [f"{k}: checkpoint has {saved_cfg.get(k)!r}, given {v!r}" for k, v in cfg.to_dict().items() if saved_cfg.get(k) != v]
+    diffs += train_config_differences(state.get("train_config", {}), cfg)
     if state.get("data") != fingerprint:
         diffs.append(f"training data: checkpoint has {state.get('data')}, given {fingerprint}")
+    if state.get("teacher") != teacher:
+        diffs.append(f"teacher: checkpoint has {state.get('teacher') or 'none'}, given {teacher or 'none'}")
     return diffs
 
 
-def _check_same_run(state: dict, path: Path, args, cfg, fingerprint: str) -> None:
-    diffs = run_differences(state, args, cfg, fingerprint)
+def _check_same_run(state: dict, path: Path, args, cfg, fingerprint: str, teacher: str | None = None) -> None:
+    diffs = run_differences(state, args, cfg, fingerprint, teacher)
     if diffs:
         raise ResumeError(f"{shown(path)} belongs to another run, so it cannot be resumed or loaded as this one:\n  "
                           + "\n  ".join(diffs[:8]) + (f"\n  ... and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-                          + "\nUse the same model, config and data, or train anew (retrain=True, or another checkpoint_dir).")
+                          + "\nUse the same model, config, data and teacher, or train anew (retrain=True, or another checkpoint_dir).")
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -332,11 +353,11 @@ def _cpu_weights(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def describe_run(model: torch.nn.Module, cfg, fingerprint: str, result) -> dict:
-    """What is saved beside the weights: configs, data fingerprint, history and the run's chosen length."""
+def describe_run(model: torch.nn.Module, cfg, fingerprint: str, result, teacher: str | None = None) -> dict:
+    """What is saved beside the weights: configs, data (and teacher) fingerprint, history and the run's chosen length."""
     args = getattr(model, "args", None)
     return {"model_args": args.to_dict() if args else None, "train_config": cfg.to_dict(), "data": fingerprint,
-            "history": result.history, "epoch": len(result.history), "epochs": result.epochs,
+            "teacher": teacher, "history": result.history, "epoch": len(result.history), "epochs": result.epochs,
             "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch}
 
 
@@ -348,17 +369,20 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, cfg, data, resul
 class TrainingRun:
     """One run's checkpoints in `directory` (None: nothing is written): save after an epoch, resume from last.pt."""
 
-    def __init__(self, directory: Path | None, model: torch.nn.Module, cfg, data, step, batches, device: torch.device):
+    def __init__(self, directory: Path | None, model: torch.nn.Module, cfg, data, step, batches, device: torch.device,
+                 teacher: torch.nn.Module | None = None):
         self.directory, self.model, self.cfg, self.step, self.batches, self.device = directory, model, cfg, step, batches, device
         self.args: ModelArgs | None = getattr(model, "args", None)
         self.fingerprint = data_fingerprint(data) if directory is not None else ""
+        # The teacher is not saved (it is its own run's best.pt), only its fingerprint: resuming with another is refused.
+        self.teacher = teacher_fingerprint(teacher) if directory is not None else None
         self.last = directory / "last.pt" if directory is not None else None
         self.last_epoch: int | None = None
 
     def save(self, result, improved: bool, write_last: bool) -> None:
         if self.directory is None:
             return
-        meta = describe_run(self.model, self.cfg, self.fingerprint, result)
+        meta = describe_run(self.model, self.cfg, self.fingerprint, result, self.teacher)
         if improved:
             atomic_save({**meta, "model": _cpu_weights(self.model)}, self.directory / "best.pt")
         if write_last:
@@ -372,7 +396,7 @@ class TrainingRun:
         if self.last is None or not self.last.is_file():
             raise FileNotFoundError(f"resume=True but there is no last.pt in {shown(self.directory or '.')}; train without resume first")
         state = load(self.last, keys=TRAINING_STATE_KEYS)  # on the CPU: RNG states must be; the optimizer moves its own
-        _check_same_run(state, self.last, self.args, self.cfg, self.fingerprint)
+        _check_same_run(state, self.last, self.args, self.cfg, self.fingerprint, self.teacher)
         self.model.load_state_dict(state["model"])
         self.step.load_state_dict(state["step"])
         if hasattr(self.batches, "load_state_dict"):
@@ -389,11 +413,11 @@ class TrainingRun:
         return "no checkpoint was written"
 
 
-def load_finished_run(last: Path, model: torch.nn.Module, cfg, data) -> dict | None:
-    """If `last` (a last.pt) is a finished run of this model, config and data, load its final weights into `model`
-    and return its description; None if it is unfinished; ResumeError if it belongs to another run."""
+def load_finished_run(last: Path, model: torch.nn.Module, cfg, data, teacher: torch.nn.Module | None = None) -> dict | None:
+    """If `last` (a last.pt) is a finished run of this model, config, data and teacher, load its final weights into
+    `model` and return its description; None if it is unfinished; ResumeError if it belongs to another run."""
     state = load(last, keys=TRAINING_STATE_KEYS)
-    _check_same_run(state, last, getattr(model, "args", None), cfg, data_fingerprint(data))
+    _check_same_run(state, last, getattr(model, "args", None), cfg, data_fingerprint(data), teacher_fingerprint(teacher))
     if state["epoch"] < state["epochs"]:
         return None
     model.load_state_dict(state["model"])

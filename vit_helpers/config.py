@@ -1,5 +1,5 @@
-"""Configuration: the article's `ModelArgs` (with the image size given instead of a patch count), `TrainConfig`, and
-the named presets and training recipes, each written as changes to another."""
+"""Configuration: the article's `ModelArgs` (with the image size given instead of a patch count), the teacher CNN's
+`CNNArgs`, `TrainConfig`, and the named presets and training recipes, each written as changes to another."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -70,6 +70,42 @@ MODEL_PRESETS: dict[str, ModelArgs] = {
 }
 
 
+@dataclass(frozen=True)
+class CNNArgs:
+    """The convolutional teacher (`vit_helpers.cnn.ConvNet`): a stem, then stages that each halve the resolution."""
+
+    stem_width: int = 64  # channels of the first convolution, at full resolution
+    widths: tuple[int, ...] = (128, 256, 512)  # channels of each stage (each stage max-pools by 2)
+    residual: tuple[bool, ...] = (True, False, True)  # whether each stage adds a residual pair of convolutions
+    n_channels: int = 3  # input channels (3 for RGB)
+    n_classes: int = 10  # output classes
+    logit_scale: float = 0.125  # multiplies the logits: a cooler start that fast CNN recipes train better from
+
+    def __post_init__(self) -> None:
+        for name, value in [("stem_width", self.stem_width), ("n_channels", self.n_channels), ("n_classes", self.n_classes),
+                            *((f"widths[{i}]", w) for i, w in enumerate(self.widths))]:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"CNNArgs.{name} must be a positive integer, got {value!r}")
+        if not self.widths or len(self.residual) != len(self.widths):
+            raise ValueError(f"CNNArgs needs one residual flag per stage: widths={self.widths}, residual={self.residual}")
+        if not self.logit_scale > 0:
+            raise ValueError(f"CNNArgs.logit_scale must be positive, got {self.logit_scale!r}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def replace(self, **changes) -> "CNNArgs":
+        return replace(self, **changes)
+
+
+CNN_PRESETS: dict[str, CNNArgs] = {
+    # 6.57M parameters: ResNet-9 as in Myrtle.ai's "How to train your ResNet" (Page, 2018).
+    "teacher": CNNArgs(),
+    # 0.41M parameters: a quarter of the width, for two CPU cores (quick mode).
+    "teacher_small": CNNArgs(stem_width=16, widths=(32, 64, 128)),
+}
+
+
 def model_preset(name: str, **changes) -> ModelArgs:
     """The preset called `name`, with optional field changes."""
     if name not in MODEL_PRESETS:
@@ -79,7 +115,8 @@ def model_preset(name: str, **changes) -> ModelArgs:
 
 # ---- training configuration and the recipes ----
 
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+DISTILLATIONS = ("none", "hard", "soft")
 SCHEDULES = ("multistep", "cosine")
 PIPELINES = ("classic", "gpu")
 AUGMENTS = {"classic": ("article",), "gpu": ("none", "crop_flip", "trivial")}
@@ -91,10 +128,11 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 class TrainConfig:
     epochs: int = 150  # passes over the training split (with budget_minutes: the most the run may choose)
     batch_size: int = 16  # images per optimizer step
-    optimizer: str = "adam"  # "adam" (the article) or "adamw" (decoupled weight decay)
+    optimizer: str = "adam"  # "adam" (the article), "adamw" (decoupled weight decay) or "sgd" (Nesterov momentum, for CNNs)
     lr: float = 3e-4  # peak learning rate
-    weight_decay: float = 0.0  # AdamW decay, never applied to norms, biases or embeddings
+    weight_decay: float = 0.0  # AdamW's decay, or SGD's L2 penalty; never applied to norms, biases or embeddings
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
+    momentum: float = 0.9  # SGD's (Nesterov) momentum
     schedule: str = "multistep"  # "multistep" (the article) or "cosine" (linear warmup, then cosine to 0)
     warmup_epochs: float = 0.0  # linear warmup length, for "cosine"
     milestones: tuple[int, ...] = ()  # epochs where "multistep" multiplies the lr by gamma (the article: 80, 130)
@@ -118,6 +156,9 @@ class TrainConfig:
     seed: int = 0  # model init, split, shuffling and augmentation
     log_every: int = 1  # print a history line every this many epochs
     checkpoint_every: int = 1  # write last.pt every this many epochs (and at the end); best.pt whenever validation improves
+    distill: str = "none"  # learn from a teacher too (train(..., teacher=)): "hard" (DeiT: its top class) or "soft" (Hinton: its probabilities)
+    distill_weight: float = 0.5  # the teacher's share of the loss, in [0, 1]; the labels get the rest
+    distill_temperature: float = 1.0  # "soft": both models' logits are divided by this before the softmax
 
     def __post_init__(self) -> None:
         problems = [p for p in _train_config_problems(self) if p]
@@ -151,7 +192,10 @@ def _train_config_problems(c: TrainConfig) -> list[str | None]:
     problems = [positive_int(n) for n in ("epochs", "batch_size", "repeats", "val_size", "eval_batch_size", "log_every", "checkpoint_every")]
     problems += [positive_int("num_workers", 0), choice("optimizer", OPTIMIZERS), choice("schedule", SCHEDULES),
                  choice("pipeline", PIPELINES), choice("precision", PRECISIONS), choice("compile_mode", COMPILE_MODES),
-                 in_range("mix_prob", 0, 1), in_range("erase_prob", 0, 1), in_range("label_smoothing", 0, 1, hi_open=True)]
+                 in_range("mix_prob", 0, 1), in_range("erase_prob", 0, 1), in_range("label_smoothing", 0, 1, hi_open=True),
+                 in_range("momentum", 0, 1, hi_open=True), choice("distill", DISTILLATIONS), in_range("distill_weight", 0, 1)]
+    if not (isinstance(c.distill_temperature, (int, float)) and c.distill_temperature > 0):
+        problems.append(f"distill_temperature must be positive, got {c.distill_temperature!r}")
     if not (isinstance(c.lr, (int, float)) and c.lr > 0):
         problems.append(f"lr must be positive, got {c.lr!r}")
     if c.weight_decay < 0 or c.warmup_epochs < 0 or not 0 < c.gamma <= 1:
@@ -181,6 +225,15 @@ def _train_config_problems(c: TrainConfig) -> list[str | None]:
         problems.append(f"compile_mode={c.compile_mode!r} needs compile=True")
     if c.cuda_graph and c.compile_mode != "default":
         problems.append("cuda_graph=True records the whole step itself: leave compile_mode='default'")
+    if c.optimizer != "sgd" and c.momentum != 0.9:
+        problems.append(f"momentum={c.momentum!r} is used only by optimizer='sgd' (Adam's are its betas)")
+    if c.optimizer == "sgd" and tuple(c.betas) != (0.9, 0.999):
+        problems.append(f"betas={c.betas!r} are used only by Adam; optimizer='sgd' takes momentum")
+    if c.distill == "none":
+        problems += [f"{k}={getattr(c, k)!r} is used only with distillation (distill='hard' or 'soft')"
+                     for k, off in (("distill_weight", 0.5), ("distill_temperature", 1.0)) if getattr(c, k) != off]
+    if c.distill == "hard" and c.distill_temperature != 1.0:
+        problems.append("distill_temperature is used only by distill='soft' (hard distillation takes the teacher's top class)")
     if c.budget_minutes is not None and c.schedule == "cosine" and c.warmup_epochs < 1:
         problems.append("budget_minutes with schedule='cosine' needs warmup_epochs >= 1: the first epoch is measured "
                         "before the length is fixed, so it must not depend on the length")
@@ -188,7 +241,8 @@ def _train_config_problems(c: TrainConfig) -> list[str | None]:
 
 
 # Recipes, each written as changes to another (like the model presets): name -> (model preset, model changes,
-# base recipe or None, training-config changes). The article's recipe is the base of all.
+# base recipe or None, training-config changes). The article's recipe is the base of all. A model preset is a ViT's
+# (MODEL_PRESETS) or, for the teacher recipes, a CNN's (CNN_PRESETS): the names differ, so the name says which.
 RECIPES: dict[str, tuple[str, dict, str | None, dict]] = {
     # Adam 3e-4, batch 16, 150 epochs, lr x0.1 at 80 and 130, PIL transforms in a DataLoader, float32.
     "article": ("article", {}, None, dict(milestones=(80, 130))),
@@ -204,13 +258,27 @@ RECIPES: dict[str, tuple[str, dict, str | None, dict]] = {
     "quick": ("small", {}, "fast", dict(
         epochs=6, batch_size=128, lr=2e-3, warmup_epochs=1, augment="crop_flip", mix_prob=0.0, precision="fp32",
         compile=False, cuda_graph=False, train_subset=10_000, val_size=2_000, log_every=1, checkpoint_every=1)),
+    # The convolutional teacher: ResNet-9 trained the way fast CNN recipes are (Myrtle.ai, airbench): SGD with Nesterov
+    # momentum, a large lr with L2 decay, label smoothing 0.2, crops and flips only (no MixUp: the teacher should be sure).
+    "teacher": ("teacher", {}, "fast", dict(
+        epochs=24, optimizer="sgd", lr=0.4, momentum=0.9, weight_decay=5e-4, warmup_epochs=2, label_smoothing=0.2,
+        grad_clip=None, augment="crop_flip", mix_prob=0.0, compile=False, log_every=4, checkpoint_every=4)),
+    "teacher_quick": ("teacher_small", {}, "teacher", dict(
+        epochs=4, batch_size=128, lr=0.2, warmup_epochs=1, precision="fp32", cuda_graph=False, train_subset=10_000,
+        val_size=2_000, log_every=1, checkpoint_every=1)),
+    # The fast recipe learning from the teacher recipe's CNN as well (DeiT's hard distillation; see notebook 08).
+    "distilled": ("article", {"dropout": 0.0}, "fast", dict(epochs=300, distill="hard", distill_weight=0.5)),
+    "distilled_quick": ("small", {}, "quick", dict(distill="hard", distill_weight=0.5)),
 }
+# The teacher each distilled recipe learns from.
+TEACHER_RECIPES = {"distilled": "teacher", "distilled_quick": "teacher_quick"}
 
 
-def recipe(name: str) -> tuple[ModelArgs, TrainConfig]:
-    """(model config, training config) of a named recipe: one of RECIPES."""
+def recipe(name: str) -> tuple[ModelArgs | CNNArgs, TrainConfig]:
+    """(model config, training config) of a named recipe: one of RECIPES. Build the model with `build_model(args)`."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
     preset, model_changes, base, changes = RECIPES[name]
     cfg = recipe(base)[1] if base else TrainConfig()
-    return model_preset(preset, **model_changes), cfg.replace(**changes)
+    args = CNN_PRESETS[preset].replace(**model_changes) if preset in CNN_PRESETS else model_preset(preset, **model_changes)
+    return args, cfg.replace(**changes)

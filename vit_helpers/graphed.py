@@ -23,10 +23,11 @@ from .train import TrainStep, set_lr
 class GraphedStep:
     """`step(draws, lr)`: the plain step with its batch making, recorded at the first call and replayed after."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, batches: GPUBatches, warmup: int = 3):
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, batches: GPUBatches, warmup: int = 3,
+                 teacher: nn.Module | None = None):
         if not isinstance(batches, GPUBatches):
             raise TypeError("the whole-step CUDA graph makes its batches on the GPU: use pipeline='gpu'")
-        self.step = TrainStep(model, cfg, device, capturable=True)
+        self.step = TrainStep(model, cfg, device, capturable=True, teacher=teacher)  # a teacher runs inside the graph too
         self.model, self.batches, self.warmup = model, batches, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: list[torch.Tensor] = []

@@ -4,6 +4,11 @@ A training step has one interface, `step(batch, lr)`, and two implementations: `
 eager: the one notebook 05 prints) and `vit_helpers.graphed.GraphedStep`, which records that same step,
 batch making included, as one CUDA graph. The recipes live in `vit_helpers.config`; the training state on
 disk belongs to `vit_helpers.checkpoint`.
+
+Distillation (notebook 08): with a `teacher`, the step also runs that frozen model on the same augmented
+images and adds its term to the loss: DeiT's hard distillation (Touvron et al., 2021, arXiv:2012.12877: the
+teacher's top class as a second label) or Hinton et al.'s soft distillation (2015, arXiv:1503.02531: match
+its probabilities at a temperature T).
 """
 from __future__ import annotations
 
@@ -47,9 +52,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
-    """Adam or AdamW; `capturable` (for a CUDA graph) keeps the step count and the lr in device tensors."""
-    kw = {"betas": cfg.betas, "fused": device.type == "cuda"}  # fused: one kernel for all parameters
+    """Adam, AdamW or SGD; `capturable` (for a CUDA graph) keeps the step count and the lr in device tensors."""
+    kw = {"fused": device.type == "cuda"}  # fused: one kernel for all parameters
     kw["lr"] = torch.tensor(cfg.lr, device=device) if capturable else cfg.lr  # set_lr fills the tensor in place
+    if cfg.optimizer == "sgd":  # no step count to keep: a device-tensor lr is all a CUDA graph needs
+        return torch.optim.SGD(param_groups(model, cfg.weight_decay), momentum=cfg.momentum, nesterov=True, **kw)
+    kw["betas"] = cfg.betas
     if capturable:
         kw["capturable"] = True
     if cfg.optimizer == "adam":
@@ -74,12 +82,37 @@ def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype
     return torch.float16, True  # e.g. a Colab T4: fp16 needs loss scaling to keep small gradients
 
 
+def teacher_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The teacher's term of the distillation loss, which is (1 - w) * (the usual loss) + w * this, w = cfg.distill_weight.
+
+    hard (DeiT): cross-entropy with the teacher's top class as the label, smoothed like the true label. Cross-entropy is
+        linear in its target, so the total equals the usual loss on the target (1 - w) * y + w * one_hot(teacher's class).
+    soft (Hinton): T^2 * KL(softmax(teacher / T) || softmax(student / T)); T^2 keeps its gradients' size as T changes.
+    """
+    if cfg.distill == "hard":
+        return F.cross_entropy(logits, teacher_logits.argmax(-1), label_smoothing=cfg.label_smoothing)
+    t = cfg.distill_temperature
+    return t * t * F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean", log_target=True)
+
+
+def freeze_teacher(teacher: nn.Module | None, cfg: TrainConfig, device: torch.device) -> nn.Module | None:
+    """The teacher on `device`, in eval mode (BatchNorm uses its running statistics), its weights never trained."""
+    if teacher is None and cfg.distill != "none":
+        raise ValueError(f"distill={cfg.distill!r} needs a teacher: train(..., teacher=a trained model)")
+    if teacher is not None and cfg.distill == "none":
+        raise ValueError("a teacher was given but distill='none': set distill='hard' or 'soft', or leave the teacher out")
+    return None if teacher is None else teacher.to(device).eval().requires_grad_(False)
+
+
 class TrainStep:
     """One optimizer step: `step(batch, lr)` with batch = (images, labels), where the labels are class
-    indices (B,) or, after MixUp/CutMix, soft targets (B, n_classes). This is the step notebook 05 prints."""
+    indices (B,) or, after MixUp/CutMix, soft targets (B, n_classes). This is the step notebook 05 prints.
+    teacher: a frozen model to distill from (cfg.distill), run on the same augmented images."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, capturable: bool = False):
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, capturable: bool = False,
+                 teacher: nn.Module | None = None):
         self.model, self.cfg, self.device = model, cfg, device
+        self.teacher = freeze_teacher(teacher, cfg, device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(model, cfg, device, capturable)
         self.amp_dtype, needs_scaler = autocast_settings(cfg.precision, device)
@@ -115,8 +148,17 @@ class TrainStep:
             logits = self.model(x)
         # cross_entropy takes class indices, or probabilities (soft targets): -sum(target * log_softmax(logits))
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        if self.teacher is not None:  # distillation (notebook 08)
+            w = self.cfg.distill_weight
+            loss = (1 - w) * loss + w * teacher_loss(logits.float(), self.teacher_logits(x), self.cfg)
         hard = y.argmax(-1) if y.dim() == 2 else y
         return loss, (logits.argmax(-1) == hard).sum()
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's logits for the student's (augmented) images, in the student's precision."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None, cache_enabled=False):
+            return self.teacher(x).float()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
@@ -126,7 +168,24 @@ class TrainStep:
         self.scaler.load_state_dict(state["scaler"])
 
 
-def make_step(model: nn.Module, cfg: TrainConfig, device: torch.device, batches):
+def check_teacher(teacher: nn.Module, data: ImageData, n_classes: int, device: torch.device) -> None:
+    """Before training: the (frozen) teacher must take the data's images and give one logit per class."""
+    from .data import to_model_input
+
+    example = to_model_input(data.train_x[:2].to(device))
+    try:
+        with torch.no_grad():
+            out = teacher(example)
+    except Exception as e:
+        raise ValueError(f"the teacher ({type(teacher).__name__}) can't take the data's images: it was given a batch of "
+                         f"shape {tuple(example.shape)} (B, C, H, W) and failed with {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:300]}") from e
+    if tuple(out.shape) != (len(example), n_classes):
+        raise ValueError(f"the teacher gives outputs of shape {tuple(out.shape)} for {len(example)} images; expected "
+                         f"({len(example)}, {n_classes}): one logit for each of the student's {n_classes} classes")
+
+
+def make_step(model: nn.Module, cfg: TrainConfig, device: torch.device, batches, teacher: nn.Module | None = None):
     """The whole-step CUDA graph where the config asks for it and the device allows it, else the plain step."""
     dropped = [f"{k}" for k in ("compile", "cuda_graph") if getattr(cfg, k)] + (["precision='auto'"] if cfg.precision == "auto" else [])
     if device.type != "cuda" and dropped:
@@ -143,8 +202,8 @@ def make_step(model: nn.Module, cfg: TrainConfig, device: torch.device, batches)
         else:
             from .graphed import GraphedStep
 
-            return GraphedStep(model, cfg, device, batches)
-    return TrainStep(model, cfg, device)
+            return GraphedStep(model, cfg, device, batches, teacher=teacher)
+    return TrainStep(model, cfg, device, teacher=teacher)
 
 
 def make_batches(data: ImageData, cfg: TrainConfig, device: torch.device, n_classes: int):
@@ -231,26 +290,31 @@ class TrainResult:
         return improved
 
 
-def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir: str | Path | None = None,
-          resume: bool = False, device: torch.device | str | None = None, progress: bool | None = None,
-          on_epoch_end=None) -> TrainResult:
+def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Module | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = False, device: torch.device | str | None = None,
+          progress: bool | None = None, on_epoch_end=None) -> TrainResult:
     """Train `model` on `data` with `cfg`; returns the per-epoch history.
 
+    teacher: a trained model to distill from (needs cfg.distill 'hard' or 'soft'); put in eval mode and never updated.
     checkpoint_dir: where best.pt (best validation accuracy) and last.pt (to resume from) go, or None.
-    resume: continue from checkpoint_dir/last.pt exactly (refused if the model, config or data differ).
+    resume: continue from checkpoint_dir/last.pt exactly (refused if the model, config, data or teacher differ).
     progress: show a progress bar (default: on, except in headless runs; see `show_progress_bar`).
     on_epoch_end: optional callback(epoch_record) after each epoch.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).train()
     n_classes = model.args.n_classes if hasattr(model, "args") else int(data.train_y.max()) + 1
+    teacher = freeze_teacher(teacher, cfg, device)
+    if teacher is not None:
+        check_teacher(teacher, data, n_classes, device)
     train_batches, val_batches, n_train = make_batches(data, cfg, device, n_classes)
     spe = len(train_batches)  # steps per epoch
     if spe == 0:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {n_train} training images; lower it")
-    step = make_step(model, cfg, device, train_batches)
+    step = make_step(model, cfg, device, train_batches, teacher)
     forward = torch.compile(model) if cfg.compile and device.type == "cuda" else model  # for evaluation
-    run = ckpt_io.TrainingRun(Path(checkpoint_dir) if checkpoint_dir else None, model, cfg, data, step, train_batches, device)
+    run = ckpt_io.TrainingRun(Path(checkpoint_dir) if checkpoint_dir else None, model, cfg, data, step, train_batches,
+                              device, teacher)
     result = TrainResult(epochs=cfg.epochs, checkpoint_dir=run.directory)
     if resume:
         run.resume(result)
@@ -290,16 +354,18 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, checkpoint_dir
 
 
 def load_or_train(model: nn.Module, data: ImageData, cfg: TrainConfig, checkpoint_dir: str | Path, *,
-                  device: torch.device | str | None = None, progress: bool | None = None, retrain: bool = False) -> TrainResult:
+                  teacher: nn.Module | None = None, device: torch.device | str | None = None, progress: bool | None = None,
+                  retrain: bool = False) -> TrainResult:
     """What the notebooks call: load the finished run of these configs from `checkpoint_dir`, resume an
     unfinished one, or train from scratch (`retrain=True`: always from scratch, replacing what is there)."""
     last = Path(checkpoint_dir) / "last.pt"
+    kw = dict(teacher=teacher, checkpoint_dir=checkpoint_dir, device=device, progress=progress)
     if retrain or not last.is_file():
-        return train(model, data, cfg, checkpoint_dir=checkpoint_dir, device=device, progress=progress)
-    state = ckpt_io.load_finished_run(last, model, cfg, data)  # refuses a run of other configs or data
+        return train(model, data, cfg, **kw)
+    state = ckpt_io.load_finished_run(last, model, cfg, data, teacher)  # refuses a run of other configs, data or teacher
     if state is None:
         print(f"resuming the unfinished run in {ckpt_io.shown(checkpoint_dir)}")
-        return train(model, data, cfg, checkpoint_dir=checkpoint_dir, resume=True, device=device, progress=progress)
+        return train(model, data, cfg, resume=True, **kw)
     print(f"loaded the finished run from {ckpt_io.shown(checkpoint_dir)} (retrain=True trains again)")
     return TrainResult(state["history"], state["best_val_acc"], state["best_epoch"], state["epochs"], Path(checkpoint_dir))
 

@@ -1,0 +1,153 @@
+"""Distillation and the teacher CNN: the step with weight 0 is the plain step, the teacher is never trained,
+hard and soft losses match a hand computation, bad teachers and configs are refused, the CNN learns."""
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import synthetic_data
+from vit_helpers import VisionTransformer
+from vit_helpers import checkpoint as C
+from vit_helpers.cnn import ConvNet
+from vit_helpers.config import CNNArgs, recipe
+from vit_helpers.data import GPUBatches
+from vit_helpers.train import TrainConfig, TrainStep, lr_at, teacher_loss, train
+
+CFG = TrainConfig(epochs=2, batch_size=32, optimizer="adamw", lr=3e-3, weight_decay=0.05, schedule="cosine",
+                  warmup_epochs=1, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="crop_flip",
+                  val_size=64, eval_batch_size=64)
+TINY_CNN = CNNArgs(stem_width=8, widths=(16, 16), residual=(True, False), n_classes=5)
+
+
+def teacher(seed=0, args=TINY_CNN):
+    torch.manual_seed(seed)
+    return ConvNet(args)
+
+
+def state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("mix_prob", [0.0, 1.0])  # int labels, and MixUp/CutMix soft targets
+@pytest.mark.parametrize("distill", ["hard", "soft"])
+def test_weight_zero_is_the_plain_step_bitwise(tiny_args, distill, mix_prob):
+    data = synthetic_data()
+    plain_cfg = CFG.replace(mix_prob=mix_prob)
+    cfg = plain_cfg.replace(distill=distill, distill_weight=0.0)
+    torch.manual_seed(3)
+    a, b = VisionTransformer(tiny_args), VisionTransformer(tiny_args)
+    b.load_state_dict(a.state_dict())
+    plain = TrainStep(a, plain_cfg, torch.device("cpu"))
+    distilled = TrainStep(b, cfg, torch.device("cpu"), teacher=teacher())
+    batches = GPUBatches(data.train_x[:256], data.train_y[:256], 32, shuffle=True, drop_last=True, policy="crop_flip",
+                         mix_prob=mix_prob, n_classes=5)
+    for i, batch in enumerate(batches):
+        plain(batch, lr_at(i, cfg, len(batches)))
+        distilled(batch, lr_at(i, cfg, len(batches)))
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), n
+    assert torch.equal(plain.totals, distilled.totals)
+
+
+@pytest.mark.parametrize("distill", ["hard", "soft"])
+def test_the_teacher_is_never_trained(tiny_args, distill):
+    t = teacher()
+    t.train()  # train() must put it in eval mode, or its BatchNorm statistics would move
+    before = state(t)
+    cfg = CFG.replace(distill=distill, distill_weight=0.7, **({"distill_temperature": 3.0} if distill == "soft" else {}))
+    train(VisionTransformer(tiny_args), synthetic_data(), cfg, teacher=t, progress=False)
+    after = t.state_dict()
+    assert before.keys() == after.keys() and any("running_mean" in k for k in before)
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert not t.training and not any(p.requires_grad for p in t.parameters())
+
+
+def test_hard_distillation_is_the_label_mixed_with_the_teachers_class():
+    torch.manual_seed(0)
+    logits, t_logits = torch.randn(6, 4), torch.randn(6, 4)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    w, eps = 0.3, 0.1
+    cfg = TrainConfig(label_smoothing=eps, distill="hard", distill_weight=w)
+    total = (1 - w) * F.cross_entropy(logits, y, label_smoothing=eps) + w * teacher_loss(logits, t_logits, cfg)
+    # by hand: target = (1 - w) * one_hot(y) + w * one_hot(teacher's top class), smoothed, then cross-entropy
+    target = (1 - w) * F.one_hot(y, 4).float() + w * F.one_hot(t_logits.argmax(-1), 4).float()
+    target = target * (1 - eps) + eps / 4
+    by_hand = -(target * logits.log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(total, by_hand)
+
+
+def test_soft_distillation_is_hintons_kl_at_a_temperature():
+    torch.manual_seed(0)
+    logits, t_logits = torch.randn(6, 4), torch.randn(6, 4)
+    T = 2.5
+    cfg = TrainConfig(distill="soft", distill_weight=0.5, distill_temperature=T)
+    p = (t_logits / T).softmax(-1)  # the teacher's softened probabilities
+    q = (logits / T).softmax(-1)
+    by_hand = T * T * (p * (p.log() - q.log())).sum(-1).mean()
+    torch.testing.assert_close(teacher_loss(logits, t_logits, cfg), by_hand)
+    assert teacher_loss(t_logits, t_logits, cfg).abs() < 1e-6  # agreeing with the teacher costs nothing
+
+
+def test_a_teacher_with_other_classes_is_refused_before_training(tiny_args):
+    wrong = teacher(args=TINY_CNN.replace(n_classes=10))
+    with pytest.raises(ValueError, match=re.escape("outputs of shape (2, 10) for 2 images; expected (2, 5)")):
+        train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(distill="hard"), teacher=wrong, progress=False)
+
+
+def test_a_teacher_that_cannot_take_the_images_is_refused(tiny_args):
+    vit32 = VisionTransformer(tiny_args.replace(image_size=32))  # the data is 16x16
+    with pytest.raises(ValueError, match=re.escape("can't take the data's images: it was given a batch of shape (2, 3, 16, 16)")):
+        train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(distill="hard"), teacher=vit32, progress=False)
+
+
+def test_distill_and_teacher_come_together(tiny_args):
+    with pytest.raises(ValueError, match="distill='soft' needs a teacher"):
+        train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(distill="soft"), progress=False)
+    with pytest.raises(ValueError, match="a teacher was given but distill='none'"):
+        train(VisionTransformer(tiny_args), synthetic_data(), CFG, teacher=teacher(), progress=False)
+
+
+def test_resume_with_another_teacher_is_refused(tiny_args, tmp_path):
+    data, cfg = synthetic_data(), CFG.replace(epochs=1, distill="hard")
+    train(VisionTransformer(tiny_args), data, cfg, teacher=teacher(0), checkpoint_dir=tmp_path, progress=False)
+    assert C.load(tmp_path / "last.pt")["teacher"] == C.teacher_fingerprint(teacher(0))
+    with pytest.raises(C.ResumeError, match=r"teacher: checkpoint has \w+ \(ConvNet, \d+ tensors\), given \w+"):
+        train(VisionTransformer(tiny_args), data, cfg, teacher=teacher(1), checkpoint_dir=tmp_path, resume=True, progress=False)
+    train(VisionTransformer(tiny_args), data, cfg.replace(epochs=2), teacher=teacher(0), checkpoint_dir=tmp_path / "b", progress=False)
+
+
+def test_a_config_saved_before_a_field_existed_still_resumes():
+    saved = CFG.to_dict()
+    del saved["distill"], saved["momentum"]  # a checkpoint from before these fields: they had their defaults
+    assert C.train_config_differences(saved, CFG) == []
+    assert C.train_config_differences(saved, CFG.replace(distill="hard")) == ["distill: checkpoint has 'none', given 'hard'"]
+
+
+def test_the_cnn_learns_with_sgd():
+    data = synthetic_data()
+    _, cfg = recipe("teacher_quick")
+    cfg = cfg.replace(epochs=3, batch_size=32, lr=0.05, train_subset=None, val_size=64, eval_batch_size=64)
+    torch.manual_seed(0)
+    model = ConvNet(TINY_CNN)
+    h = train(model, data, cfg, progress=False).history
+    assert h[-1]["train_loss"] < h[0]["train_loss"] * 0.9  # (label smoothing 0.2 keeps the loss well above 0)
+    assert h[-1]["val_acc"] > 0.8  # 5 classes: chance is 0.2
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)  # any size the pooling divides
+
+
+def test_cnn_presets_and_recipes():
+    from vit_helpers import count_parameters
+    from vit_helpers.config import CNN_PRESETS, MODEL_PRESETS, RECIPES, TEACHER_RECIPES
+
+    assert not set(CNN_PRESETS) & set(MODEL_PRESETS)  # a recipe's preset name says which kind of model it is
+    assert count_parameters(ConvNet(CNN_PRESETS["teacher"])) == 6_573_120
+    assert count_parameters(ConvNet(CNN_PRESETS["teacher_small"])) == 412_944
+    _, fast = recipe("fast")
+    args, distilled = recipe("distilled")
+    assert distilled.replace(distill="none", distill_weight=0.5, epochs=fast.epochs) == fast and args == recipe("fast")[0]
+    for student, teacher_name in TEACHER_RECIPES.items():
+        assert isinstance(recipe(teacher_name)[0], CNNArgs) and student in RECIPES
+    with pytest.raises(ValueError, match="one residual flag per stage"):
+        CNNArgs(widths=(8, 16), residual=(True,))
