@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -93,8 +92,7 @@ def record_release(notebook: str, seconds: float) -> None:
     if manifest.get("gpu") not in (None, here["gpu"]):
         raise SystemExit(f"release/manifest.json was made on {manifest['gpu']}, this is {here['gpu']}: one release, one GPU "
                          "(delete release/manifest.json to start a new release)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    manifest.update(here, commit=commit or manifest.get("commit"))
+    manifest.update(here)
     manifest.setdefault("notebooks", {})[notebook] = {"seconds": round(seconds, 1), "date": here["date"]}
     if notebook.startswith("05"):
         best = paths.checkpoint_dir() / "fast" / "best.pt"

@@ -379,7 +379,10 @@ class EpochLog:
     """A compact table, one line every `cfg.log_every` epochs (and the first and last), and an optional progress bar."""
 
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int, result: TrainResult, bar: bool):
-        from tqdm.auto import tqdm
+        if bar:  # a widget in Jupyter, text in a terminal
+            from tqdm.auto import tqdm
+        else:  # tqdm.auto would warn at import where ipywidgets is missing, even for a bar never shown
+            from tqdm import tqdm
 
         self.cfg, self.spe, self.result, self.header_done = cfg, steps_per_epoch, result, False
         self.bar = tqdm(total=result.epochs * steps_per_epoch, initial=len(result.history) * steps_per_epoch,
