@@ -9,7 +9,7 @@
 #
 # **You will learn**
 # - the ViT forward pass as a diagram, with the tensor shape at every step;
-# - how to write the `VisionTransformer` class from the pieces of 01-03 (about 40 lines), and check it
+# - how to write the `VisionTransformer` class from the pieces of 01-03 (about 30 lines), and check it
 #   against the package's version;
 # - why the model needs position embeddings (shuffle the patches and see), and what the [CLS] token is for;
 # - where the 3.19M parameters of the article's model live, and how much compute one image costs;
@@ -213,7 +213,7 @@ with torch.no_grad():
 # for an image and for a jigsaw of its patches. The model would see a bag of patches.
 #
 # Let us test that on the trained model, whose weights ship with `vit_helpers` (notebook 05 trains
-# it; 86% test accuracy). First, what a shuffled image looks like:
+# it; about 86-87% test accuracy). First, what a shuffled image looks like:
 
 # %%
 trained, _ = load_model(paths.RELEASED_WEIGHTS)  # eval mode: dropout off

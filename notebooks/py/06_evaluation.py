@@ -125,7 +125,7 @@ for c, a in sorted(zip(CIFAR10_CLASSES, per_class.tolist()), key=lambda t: t[1])
 print("most confused (true -> predicted, count):", analysis.most_confused_pairs(cm, CIFAR10_CLASSES, 5))
 
 # %% [markdown]
-# Cat and dog are the hardest classes (about 71% and 77% for the released model), then bird and deer;
+# Cat and dog are the hardest classes (about 71% and 77% for this model), then bird and deer;
 # the vehicles and the frog are easiest (89-94%). The most confused pairs are the visually similar
 # ones: cat and dog, in both directions, by far. Some of the misclassified test images, with the
 # model's confidence:
@@ -179,10 +179,10 @@ masks = roll[:, 0, 1:].reshape(len(idx), g, g)  # how much each patch flows into
 fig = plots.plot_rollout(data.test_x[idx], masks, [CIFAR10_CLASSES[int(data.test_y[i])] for i in idx], colorbar=True)
 
 # %% [markdown]
-# For the airplane and the dog the rollout concentrates on the object; for the cat it is spread over
-# the face and its surroundings, for the ship over the hull and the water line. Rollout is an
-# estimate of how information flows, not a proof of what the model used, but the model mostly draws
-# on the object.
+# For the dog and the cat the rollout is strongest on the animal; for the airplane and the ship it is
+# diffuse, spread over background as much as over the object. Rollout is an estimate of how
+# information flows, not a proof of what the model used: read it as a hint of where the [CLS] token
+# gathered from, not as an explanation.
 #
 # ## Mean attention distance
 # For one head: take every patch's attention over the other patches, and average the distance in
@@ -213,7 +213,7 @@ print("per layer, min and max over heads (pixels):", [(round(a, 1), round(b, 1))
 # Every head sits near or below the dashed uniform line, most within about 4 px of it: on a 32x32
 # image cut into an 8x8 grid, every head looks across much of the image (the ViT paper's large
 # images leave far more room between "near" and "far"). The most local heads are in the early layers,
-# down to about 9 px (two patches) in layer 2; in layers 5 and 6 almost every head is close to
+# down to about 8 px (two patches) in layer 2; in layers 5 and 6 almost every head is close to
 # uniform, mixing the whole image before the [CLS] token is read.
 #
 # ## What the positional embeddings learned
@@ -246,8 +246,9 @@ fig = plots.plot_reliability(bins, ece)
 print(f"ECE = {ece:.3f}; mean confidence {conf.mean():.3f} vs accuracy {acc:.3f}")
 
 # %% [markdown]
-# The bars sit above the diagonal: when the model says 60%, it is right about 70% of the time, and its
-# mean confidence is well below its accuracy. The model is *under*-confident. Label smoothing and
+# Most bars sit above the diagonal: when the model says 80%, it is right about 90% of the time, and its
+# mean confidence is well below its accuracy. (The last bin holds only a handful of predictions, so its
+# bar is noise.) The model is *under*-confident. Label smoothing and
 # MixUp (notebook 05) train it to be less sure of itself; exercise 2 fixes the calibration
 # afterwards with one number, a temperature.
 #
