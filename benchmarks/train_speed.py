@@ -94,7 +94,6 @@ def run(name: str, data, device, epochs: int | None, tiny: bool, save_weights: P
         changes.update(epochs=epochs or 2, batch_size=64, train_subset=512, val_size=256, num_workers=0,
                        compile=False, eval_batch_size=256)
     cfg = cfg.replace(**changes)
-    full_epochs = recipe(name)[1].epochs
     torch.manual_seed(cfg.seed)
     model = build_model(args)
     if device.type == "cuda":
@@ -105,6 +104,8 @@ def run(name: str, data, device, epochs: int | None, tiny: bool, save_weights: P
     test = GPUBatches(data.test_x, data.test_y, 1000, device=device)
     _, test_acc = evaluate(model, test, device, cfg.precision)
     h = result.history
+    # The length the run was meant to have: the recipe's, or what a time budget chose (then nothing is extrapolated).
+    full_epochs = result.epochs if cfg.budget_minutes else recipe(name)[1].epochs
     steady = [r["images_per_s"] for r in (h[1:] if len(h) > 1 else h)]
     secs = [r["seconds"] for r in (h[1:] if len(h) > 1 else h)]
     before = teacher["train_seconds"] if teacher else 0.0  # a distilled run's clock starts with its teacher's training

@@ -22,3 +22,14 @@ def test_benchmark_tiny_on_cpu(tmp_path):
     distilled = result["rows"][-1]
     assert distilled["teacher"] == "teacher" and distilled["teacher_seconds"] > 0
     assert distilled["train_seconds"] == distilled["teacher_seconds"] + distilled["student_seconds"]
+
+
+def test_a_budgeted_run_is_not_reported_as_extrapolated(tmp_path):
+    """With budget_minutes the run's own chosen length is its full length (run 8 printed '153 of 300')."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--tiny", "--synthetic",
+                           "--recipes", "fast", "--epochs", "50", "--set", "budget_minutes=0.02", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["epochs"] == row["recipe_epochs"] < 50 and not row["extrapolated"]
