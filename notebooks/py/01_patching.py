@@ -145,7 +145,8 @@ for p in (2, 4, 8, 16):
     print(f"{p:>5} {tokens:>7} {3 * p * p:>13} {tokens**2:>16,} {vh.flops_per_image(a) / 1e6:>15,.0f}")
 
 # %% [markdown]
-# Patch 2 would give 257 tokens and about 4x the compute of patch 4; patch 8 only 17 tokens, each
+# (FLOPs: floating-point operations, two per multiply-add; MFLOPs: millions of them, for one image.)
+# Patch 2 would give 257 tokens and about 4.6x the compute of patch 4; patch 8 only 17 tokens, each
 # summarising a quarter of the image's width. The article (and we) use patch 4: 65 tokens.
 #
 # To draw a patch grid on an image, note that `imshow` centres pixel i at coordinate i, so pixel i
