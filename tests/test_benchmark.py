@@ -7,12 +7,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_tiny(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """The benchmark script with tiny models on synthetic images, writing its JSON to `out`."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--tiny", "--synthetic", *args,
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 def test_benchmark_tiny_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--tiny", "--synthetic",
-                           "--recipes", "article,fast,distilled", "--article-epochs", "1", "--epochs", "2", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_tiny(out, "--recipes", "article,fast,distilled", "--article-epochs", "1", "--epochs", "2")
     assert "| recipe | params | epochs | test acc |" in proc.stdout and "extrapolated" in proc.stdout
     result = json.loads(out.read_text())
     names = [r["recipe"] for r in result["rows"]]
@@ -27,9 +32,6 @@ def test_benchmark_tiny_on_cpu(tmp_path):
 def test_a_budgeted_run_is_not_reported_as_extrapolated(tmp_path):
     """With budget_minutes the run's own chosen length is its full length (run 8 printed '153 of 300')."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--tiny", "--synthetic",
-                           "--recipes", "fast", "--epochs", "50", "--set", "budget_minutes=0.02", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_tiny(out, "--recipes", "fast", "--epochs", "50", "--set", "budget_minutes=0.02")
     row = json.loads(out.read_text())["rows"][0]
     assert row["epochs"] == row["recipe_epochs"] < 50 and not row["extrapolated"]
