@@ -257,7 +257,10 @@ with torch.no_grad():
 # it starts identical for every image (it belongs to no patch), and in every block its attention
 # reads a weighted average of all tokens, so it gathers a summary of the image. Measured on the
 # trained model: how much the [CLS] token differs between the four images, at the input and after
-# each block, and how much of its attention goes to patches rather than to itself.
+# each block, and how much of its attention goes to patches rather than to itself. Two methods of the
+# package's model help: `embed(x)` runs everything before the blocks (patches, linear layer, [CLS],
+# positions), and `attention_maps(x)` returns every block's attention weights, shape (L, B, H, T, T)
+# for L blocks, H heads and T = 65 tokens (notebook 06 uses them at length).
 
 # %%
 with torch.no_grad():
