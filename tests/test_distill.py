@@ -71,9 +71,9 @@ def test_hard_distillation_is_the_label_mixed_with_the_teachers_class():
     w, eps = 0.3, 0.1
     cfg = TrainConfig(label_smoothing=eps, distill="hard", distill_weight=w)
     total = (1 - w) * F.cross_entropy(logits, y, label_smoothing=eps) + w * teacher_loss(logits, t_logits, cfg)
-    # by hand: target = (1 - w) * one_hot(y) + w * one_hot(teacher's top class), smoothed, then cross-entropy
-    target = (1 - w) * F.one_hot(y, 4).float() + w * F.one_hot(t_logits.argmax(-1), 4).float()
-    target = target * (1 - eps) + eps / 4
+    # by hand: target = (1 - w) * smoothed one_hot(y) + w * one_hot(teacher's top class) (DeiT smooths the true label
+    # only), then cross-entropy
+    target = (1 - w) * (F.one_hot(y, 4).float() * (1 - eps) + eps / 4) + w * F.one_hot(t_logits.argmax(-1), 4).float()
     by_hand = -(target * logits.log_softmax(-1)).sum(-1).mean()
     torch.testing.assert_close(total, by_hand)
 

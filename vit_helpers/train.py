@@ -85,12 +85,13 @@ def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype
 def teacher_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """The teacher's term of the distillation loss, which is (1 - w) * (the usual loss) + w * this, w = cfg.distill_weight.
 
-    hard (DeiT): cross-entropy with the teacher's top class as the label, smoothed like the true label. Cross-entropy is
-        linear in its target, so the total equals the usual loss on the target (1 - w) * y + w * one_hot(teacher's class).
+    hard (DeiT): cross-entropy with the teacher's top class as the label. As in DeiT, label smoothing applies to the
+        true label only, not to the teacher's. Cross-entropy is linear in its target, so the total equals the
+        cross-entropy on the target (1 - w) * smoothed(y) + w * one_hot(teacher's class).
     soft (Hinton): T^2 * KL(softmax(teacher / T) || softmax(student / T)); T^2 keeps its gradients' size as T changes.
     """
     if cfg.distill == "hard":
-        return F.cross_entropy(logits, teacher_logits.argmax(-1), label_smoothing=cfg.label_smoothing)
+        return F.cross_entropy(logits, teacher_logits.argmax(-1))
     t = cfg.distill_temperature
     return t * t * F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean", log_target=True)
 
