@@ -35,3 +35,22 @@ def test_a_budgeted_run_is_not_reported_as_extrapolated(tmp_path):
     run_tiny(out, "--recipes", "fast", "--epochs", "50", "--set", "budget_minutes=0.02")
     row = json.loads(out.read_text())["rows"][0]
     assert row["epochs"] == row["recipe_epochs"] < 50 and not row["extrapolated"]
+
+
+def test_the_release_rows_run_with_one_teacher(tmp_path):
+    """The release benchmark's own rows (airbench aside: it needs a GPU): the teacher is trained once and is the
+    teacher of both distilled rows, whose clocks start with its training; the sprint's budget fixes its length."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_series", ROOT / "tools" / "run_series.py")
+    run_series = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_series)
+    ours = [r for r in run_series.RELEASE_BENCHMARK if not r.startswith("airbench")]
+    assert ours == ["teacher", "distilled", "distilled_sprint"]
+    out = tmp_path / "bench.json"
+    run_tiny(out, "--recipes", ",".join(ours))
+    rows = {r["recipe"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ours
+    for name in ("distilled", "distilled_sprint"):
+        assert rows[name]["teacher_seconds"] == rows["teacher"]["train_seconds"]
+    assert rows["distilled_sprint"]["config"]["budget_minutes"] and not rows["distilled_sprint"]["extrapolated"]

@@ -5,10 +5,12 @@
     python tools/run_series.py --release       # on a GPU: the release (make release), see below
 
 The release executes every notebook in place with a fresh training run (VIT_RETRAIN=1), makes notebook
-05's best checkpoint the released weights, and records in release/ what the README quotes: the GPU, the
-date, the versions, each notebook's time and the results files the notebooks write (outputs/*.json).
-Where one command cannot hold the whole series, run it in parts (--only 01 02 03 04 05 07, then
---only 06 08) on the same checkout, carrying checkpoints/ between them: each part adds to release/.
+05's best checkpoint the released weights, then runs the benchmark (benchmarks/train_speed.py, the rows in
+RELEASE_BENCHMARK, one invocation) and records in release/ what the README quotes: the GPU, the date, the
+versions, each notebook's time, the results files the notebooks write (outputs/*.json) and the benchmark
+(release/benchmark.json). Where one command cannot hold it all, run it in parts (--only 01 02 03 04 05 06,
+then --only 07 08, then --only benchmark) on the same checkout, carrying checkpoints/ between them: each
+part adds to release/, and every part must run on the same kind of GPU.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +36,7 @@ from vit_helpers import paths, runtime  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inplace", action="store_true", help="write outputs into notebooks/ instead of outputs/notebooks/")
-    p.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 01 05")
+    p.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 01 05; with --release, \"benchmark\" runs the benchmark")
     p.add_argument("--cell-timeout", type=int, default=3600)
     p.add_argument("--release", action="store_true", help="on a GPU: execute in place, retrain, update the released weights and release/")
     a = p.parse_args(argv)
@@ -47,6 +50,9 @@ def main(argv=None) -> int:
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if a.only:
         notebooks = [n for n in notebooks if any(n.name.startswith(o) for o in a.only)]
+    benchmark = a.release and (not a.only or "benchmark" in a.only)
+    if a.only and not notebooks and not benchmark:
+        raise SystemExit(f"--only {' '.join(a.only)} names no notebook{' (and benchmark only with --release)' if 'benchmark' in a.only else ''}")
     os.environ.setdefault("VIT_PROGRESS", "0")  # headless: a compact log table, no progress widgets in the outputs
     out_dir = ROOT / "notebooks" if a.inplace else paths.outputs_dir() / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +70,10 @@ def main(argv=None) -> int:
         print(f"done in {seconds:.0f} s", flush=True)
         if a.release:
             record_release(nb_path.stem, seconds)
+    if benchmark:
+        run_release_benchmark()
+    if not notebooks:
+        return 0
     print(f"\nexecuted notebooks: {out_dir}")
     print(f"checkpoints: {paths.checkpoint_dir() / runtime.RECIPE}")
     results = paths.outputs_dir() / f"results_{runtime.RECIPE}.json"
@@ -77,13 +87,14 @@ def main(argv=None) -> int:
 
 
 RELEASE_DIR = ROOT / "release"
+# The benchmark's rows in a release: the teacher CNN, the distilled ViT (the 5-minute target) and its 30-second
+# attempt, and the airbench CNN as the external peer on the same data and GPU (optional package, see the README).
+RELEASE_BENCHMARK = ("teacher", "distilled", "distilled_sprint", "airbench94", "airbench96")
 
 
-def record_release(notebook: str, seconds: float) -> None:
-    """Add one executed notebook to release/manifest.json; after 05, its best model becomes the released weights."""
+def open_manifest() -> tuple[dict, dict]:
+    """(release/manifest.json so far, this machine's record); refuses a part on another GPU than the release's."""
     import torch
-
-    from vit_helpers import checkpoint
 
     manifest_path = RELEASE_DIR / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -92,6 +103,33 @@ def record_release(notebook: str, seconds: float) -> None:
     if manifest.get("gpu") not in (None, here["gpu"]):
         raise SystemExit(f"release/manifest.json was made on {manifest['gpu']}, this is {here['gpu']}: one release, one GPU "
                          "(delete release/manifest.json to start a new release)")
+    return manifest, here
+
+
+def write_manifest(manifest: dict) -> None:
+    RELEASE_DIR.mkdir(exist_ok=True)
+    (RELEASE_DIR / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def run_release_benchmark() -> None:
+    """One invocation of benchmarks/train_speed.py over RELEASE_BENCHMARK, into release/benchmark.json."""
+    manifest, here = open_manifest()
+    out = RELEASE_DIR / "benchmark.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--recipes", ",".join(RELEASE_BENCHMARK), "--out", str(out)]
+    print("running the benchmark:", " ".join(["benchmarks/train_speed.py", *cmd[3:-1], "release/benchmark.json"]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    manifest.update(here)
+    manifest["benchmark"] = {"file": "release/benchmark.json", "rows": list(RELEASE_BENCHMARK), "date": here["date"],
+                             "seconds": round(time.perf_counter() - t0, 1)}
+    write_manifest(manifest)
+
+
+def record_release(notebook: str, seconds: float) -> None:
+    """Add one executed notebook to release/manifest.json; after 05, its best model becomes the released weights."""
+    from vit_helpers import checkpoint
+
+    manifest, here = open_manifest()
     manifest.update(here)
     manifest.setdefault("notebooks", {})[notebook] = {"seconds": round(seconds, 1), "date": here["date"]}
     if notebook.startswith("05"):
@@ -103,7 +141,7 @@ def record_release(notebook: str, seconds: float) -> None:
     RELEASE_DIR.mkdir(exist_ok=True)
     for results in sorted(paths.outputs_dir().glob("*.json")):  # what the notebooks measured
         shutil.copy(results, RELEASE_DIR / results.name)
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_manifest(manifest)
 
 
 if __name__ == "__main__":

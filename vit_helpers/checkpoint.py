@@ -413,6 +413,21 @@ class TrainingRun:
         return "no checkpoint was written"
 
 
+def load_best(model: torch.nn.Module, checkpoint_dir: str | os.PathLike) -> dict:
+    """Put a run's best weights (checkpoint_dir/best.pt, the epoch of the best validation accuracy) into `model`, a
+    ViT or a CNN; returns the run's description (history, best_epoch, ...). Refuses a checkpoint of another model."""
+    path = Path(checkpoint_dir) / "best.pt"
+    state = load(path, keys=("model_args", "model", "history", "best_epoch"))
+    args = getattr(model, "args", None)
+    if args is not None and state["model_args"] != args.to_dict():
+        diffs = [f"{k}: checkpoint has {v!r}, model has {args.to_dict().get(k)!r}" for k, v in (state["model_args"] or {}).items()
+                 if v != args.to_dict().get(k)]
+        raise CheckpointError(f"{shown(path)} holds another model ({'; '.join(diffs) or 'other fields'}); build the model "
+                              "from its config: build_model(type(args)(**checkpoint['model_args']))")
+    model.load_state_dict(state["model"])
+    return state
+
+
 def load_finished_run(last: Path, model: torch.nn.Module, cfg, data, teacher: torch.nn.Module | None = None) -> dict | None:
     """If `last` (a last.pt) is a finished run of this model, config, data and teacher, load its final weights into
     `model` and return its description; None if it is unfinished; ResumeError if it belongs to another run."""
