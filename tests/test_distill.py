@@ -56,7 +56,7 @@ def test_the_teacher_is_never_trained(tiny_args, distill):
     t.train()  # train() must put it in eval mode, or its BatchNorm statistics would move
     before = state(t)
     cfg = CFG.replace(distill=distill, distill_weight=0.7, **({"distill_temperature": 3.0} if distill == "soft" else {}))
-    train(VisionTransformer(tiny_args), synthetic_data(), cfg, teacher=t, progress=False)
+    train(VisionTransformer(tiny_args), synthetic_data(), cfg, teacher=t, device="cpu", progress=False)  # a CPU test, on a GPU too
     after = t.state_dict()
     assert before.keys() == after.keys() and any("running_mean" in k for k in before)
     for k in before:
@@ -131,7 +131,7 @@ def test_the_cnn_learns_with_sgd():
     cfg = cfg.replace(epochs=3, batch_size=32, lr=0.05, train_subset=None, val_size=64, eval_batch_size=64)
     torch.manual_seed(0)
     model = ConvNet(TINY_CNN)
-    h = train(model, data, cfg, progress=False).history
+    h = train(model, data, cfg, device="cpu", progress=False).history
     assert h[-1]["train_loss"] < h[0]["train_loss"] * 0.9  # (label smoothing 0.2 keeps the loss well above 0)
     assert h[-1]["val_acc"] > 0.8  # 5 classes: chance is 0.2
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)  # any size the pooling divides

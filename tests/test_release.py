@@ -83,3 +83,26 @@ def test_readme_quotes_the_release():
     for line in table:
         method, acc = re.split(r"\s{2,}", line.strip())[:2]
         assert f"| {method} | {acc} |" in readme, f"the README's LoRA table must quote 07's stored {method}: {acc}"
+
+
+def test_readme_quotes_the_release_benchmark():
+    """The README's benchmark table is release/benchmark.json's, from one invocation on the release's GPU."""
+    m = manifest()
+    assert "benchmark" in m, "the release has no benchmark part (python tools/run_series.py --release --only benchmark)"
+    bench = json.loads((RELEASE / "benchmark.json").read_text())
+    assert f"hardware: {m['gpu']}" in bench["environment"], f"the benchmark ran on another GPU: {bench['environment']}"
+    assert [r["recipe"] for r in bench["rows"]] == m["benchmark"]["rows"]
+    readme = (ROOT / "README.md").read_text()
+    assert bench["table"] in readme, "the README must hold release/benchmark.json's table unchanged"
+    assert m["benchmark"]["date"] in readme
+
+
+def test_readme_quotes_the_distillation_notebook():
+    results = json.loads((RELEASE / "results_distilled.json").read_text())
+    assert results["mode"] == "full" and results["student_recipe"] == "distilled"
+    readme = (ROOT / "README.md").read_text()
+    stored = "".join(t for _, t in output_texts(ROOT / "notebooks" / "08_distillation.ipynb"))
+    for name, row in results["models"].items():
+        acc = f"{row['test_accuracy']:.2%}"
+        assert acc in stored, f"08's stored output must show {name}'s {acc} that its results file recorded"
+        assert acc in readme, f"the README must quote 08's {name}: {acc}"

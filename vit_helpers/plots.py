@@ -150,16 +150,14 @@ def plot_mean_attention_distance(distances: torch.Tensor, patch_size: int, basel
 def plot_attention_distance_side_by_side(distances: dict, patch_size: int, baseline: float | None = None):
     """distances: {model name: (L, H) tensor in pixels}; one panel per model, one dot per head, same axes."""
     fig, axes = plt.subplots(1, len(distances), figsize=(4.2 * len(distances), 3.6), sharey=True, squeeze=False)
-    top = max(float(d.max()) for d in distances.values())
     for ax, (name, d) in zip(axes[0], distances.items()):
         L, H = d.shape
         if baseline is not None:
             ax.axhline(baseline, ls="--", color="gray", lw=1, label=f"uniform attention ({baseline:.1f} px)")
-            top = max(top, baseline)
         for h in range(H):
             ax.scatter(range(1, L + 1), d[:, h].numpy(), s=14, color="tab:blue", alpha=0.6, label="a head" if h == 0 else None)
         ax.plot(range(1, L + 1), d.mean(1).numpy(), color="tab:red", lw=1.5, label="mean over heads")
-        ax.set(xlabel="layer", title=name, xticks=range(1, L + 1), ylim=(0, 1.1 * top))
+        ax.set(xlabel="layer", title=name, xticks=range(1, L + 1))
     axes[0][0].set_ylabel(f"mean attention distance (pixels; patch {patch_size}px)")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
