@@ -54,3 +54,14 @@ def test_the_release_rows_run_with_one_teacher(tmp_path):
     for name in ("distilled", "distilled_sprint"):
         assert rows[name]["teacher_seconds"] == rows["teacher"]["train_seconds"]
     assert rows["distilled_sprint"]["config"]["budget_minutes"] and not rows["distilled_sprint"]["extrapolated"]
+
+
+def test_a_release_trains_before_it_reads_the_model():
+    """04 reads the released weights: in a release it must run after 05 has made them, or it shows the last release's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_series", ROOT / "tools" / "run_series.py")
+    run_series = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_series)
+    names = [Path(f"{n}.ipynb") for n in ("01_patching", "04_vision_transformer", "05_training", "06_evaluation")]
+    assert [p.stem for p in run_series.release_order(names)] == ["05_training", "01_patching", "04_vision_transformer", "06_evaluation"]

@@ -8,7 +8,8 @@ The release executes every notebook in place with a fresh training run (VIT_RETR
 05's best checkpoint the released weights, then runs the benchmark (benchmarks/train_speed.py, the rows in
 RELEASE_BENCHMARK, one invocation) and records in release/ what the README quotes: the GPU, the date, the
 versions, each notebook's time, the results files the notebooks write (outputs/*.json) and the benchmark
-(release/benchmark.json). Where one command cannot hold it all, run it in parts (--only 01 02 03 04 05 06,
+(release/benchmark.json). 05 runs first, so that 04 and 06-08 read the model this release trained. Where one
+command cannot hold it all, run it in parts (--only 01 02 03 04 05 06,
 then --only 07 08, then --only benchmark) on the same checkout, carrying checkpoints/ between them: each
 part adds to release/, and every part must run on the same kind of GPU.
 """
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if a.only:
         notebooks = [n for n in notebooks if any(n.name.startswith(o) for o in a.only)]
+    if a.release:
+        notebooks = release_order(notebooks)
     benchmark = a.release and (not a.only or "benchmark" in a.only)
     if a.only and not notebooks and not benchmark:
         raise SystemExit(f"--only {' '.join(a.only)} names no notebook{' (and benchmark only with --release)' if 'benchmark' in a.only else ''}")
@@ -90,6 +93,12 @@ RELEASE_DIR = ROOT / "release"
 # The benchmark's rows in a release: the teacher CNN, the distilled ViT (the 5-minute target) and its 30-second
 # attempt, and the airbench CNN as the external peer on the same data and GPU (optional package, see the README).
 RELEASE_BENCHMARK = ("teacher", "distilled", "distilled_sprint", "airbench94", "airbench96")
+
+
+def release_order(notebooks: list[Path]) -> list[Path]:
+    """In a release, 05 (which trains the released model) runs first: 04, 06, 07 and 08 then read the model of this
+    release, not the previous one's. The others keep their order."""
+    return sorted(notebooks, key=lambda n: not n.name.startswith("05"))
 
 
 def open_manifest() -> tuple[dict, dict]:

@@ -226,20 +226,20 @@ fig.tight_layout()
 # bit-identical after LoRA or head-only training (full fine-tuning changes them all, hence None).
 #
 # **The reference: full mode on an H100** (the release run whose outputs are stored here, as in the
-# README; 10 epochs per method on all 45,000 rotated training images, base model at 86.72% upright and
-# 33.79% rotated on the 10,000 test images):
+# README; 10 epochs per method on all 45,000 rotated training images, base model at 86.32% upright and
+# 33.69% rotated on the 10,000 test images):
 #
 # | method | rotated accuracy | trainable parameters | saved |
 # |---|---|---|---|
-# | no training | 33.79% | 0 | – |
-# | head only | 63.27% | 2,570 (0.08%) | 12 KiB |
-# | LoRA r=4, attention | 73.01% | 51,722 (1.62%) | 217 KiB |
-# | LoRA r=8, attention | 74.33% | 100,874 (3.16%) | 409 KiB |
-# | LoRA r=16, attention | 75.03% | 199,178 (6.25%) | 793 KiB |
-# | LoRA r=8, attention + MLP | 75.13% | 174,602 (5.48%) | 704 KiB |
-# | full fine-tuning | 76.67% | 3,189,002 (100%) | 12,486 KiB |
+# | no training | 33.69% | 0 | – |
+# | head only | 63.38% | 2,570 (0.08%) | 12 KiB |
+# | LoRA r=4, attention | 72.68% | 51,722 (1.62%) | 217 KiB |
+# | LoRA r=8, attention | 73.30% | 100,874 (3.16%) | 409 KiB |
+# | LoRA r=16, attention | 74.58% | 199,178 (6.25%) | 793 KiB |
+# | LoRA r=8, attention + MLP | 74.91% | 174,602 (5.48%) | 704 KiB |
+# | full fine-tuning | 75.66% | 3,189,002 (100%) | 12,486 KiB |
 #
-# There, training only the head recovers about two-thirds of the gap: it cannot fix features that no longer
+# There, training only the head recovers about 70% of the gap: it cannot fix features that no longer
 # fit the input. LoRA on the attention projections recovers most of it while training about 3% of the
 # parameters, and what must be saved is a small file instead of a whole model. Higher rank and the
 # MLP layers help a little more; full fine-tuning is the upper reference, at the cost of a full copy
@@ -385,7 +385,7 @@ with tempfile.TemporaryDirectory() as d:
 # train(model, task, cfg, device=device, progress=False)
 # after = evaluate(model, test, device)[1]
 # print(f"rank 1: trainable {count_parameters(model, trainable_only=True):,}; rotated accuracy {before:.1%} -> {after:.1%}")
-# print("full mode reference (README, H100): no training 33.79%, r=4 73.01%, r=8 74.33%, full fine-tuning 76.67%")
+# print("full mode reference (README, H100): no training 33.69%, r=4 72.68%, r=8 73.30%, full fine-tuning 75.66%")
 # ```
 #
 # Rank 1 trains only 14,858 parameters (0.5% of the model, the head included): one direction A and
