@@ -148,3 +148,20 @@ def test_the_graph_trains_a_distilled_student_and_an_sgd_cnn_like_the_plain_loop
     if teacher is not None:
         for k, v in teacher.state_dict().items():
             assert torch.equal(v, before[k]), k
+
+
+@cuda
+def test_a_leftover_autograd_graph_gives_a_clear_recording_error(tiny_args):
+    """A loss kept from before training (made on the default stream) breaks the CUDA-graph recording; the error must
+    say so and what to do, not only CUDA's 'operation failed due to a previous error during capture'."""
+    from conftest import synthetic_data
+    from vit_helpers import VisionTransformer
+    from vit_helpers.train import TrainConfig, TrainStep, train
+
+    cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adamw", lr=1e-3, pipeline="gpu", augment="crop_flip",
+                      precision="fp32", cuda_graph=True, val_size=64, eval_batch_size=64)
+    model = VisionTransformer(tiny_args).cuda()
+    kept, _ = TrainStep(model, cfg, torch.device("cuda")).loss(torch.randn(4, 3, 16, 16, device="cuda"),
+                                                               torch.zeros(4, dtype=torch.long, device="cuda"))
+    with pytest.raises(RuntimeError, match="torch.no_grad"):
+        train(model, synthetic_data(), cfg, progress=False)

@@ -63,8 +63,17 @@ class GraphedStep:
                 self._run(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._run(*self.inputs)
+        try:
+            with torch.cuda.graph(self.graph):
+                self._run(*self.inputs)
+        except RuntimeError as e:  # torch.AcceleratorError is one
+            self.graph = None
+            raise RuntimeError(
+                f"recording the training step as a CUDA graph failed ({str(e).splitlines()[0]}). A common cause: an "
+                "autograd graph of this model made before training is still alive, e.g. a loss computed outside "
+                "torch.no_grad() and kept in a variable; its backward nodes belong to another CUDA stream. Compute "
+                "such values under torch.no_grad() (or delete them) and restart the kernel, or train with "
+                "cuda_graph=False.") from e
         with torch.no_grad():  # undo the warm-up: the weights, the optimizer's state, this epoch's totals
             for k, v in self.model.state_dict().items():
                 v.copy_(weights[k])
