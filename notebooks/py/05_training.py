@@ -367,7 +367,7 @@ print(f"OK: {best['val_acc']:.2%} validation accuracy, well above the 10% of cha
 # | fast (this notebook's full mode) | 420 | 86.26% | 274 s (33 s of it compiling) | 77,570 |
 #
 # That row is a separate benchmark run (run 7); this notebook's own run, above, is the one notebooks 06
-# and 07 analyse (86.72% test in the stored release). The speed ladder above comes from run 8 (77,813
+# and 07 analyse (86.32% test in the stored release). The speed ladder above comes from run 8 (77,813
 # images/s), the table from run 7 (77,570): two runs of the same recipe on the same kind of GPU.
 
 # %%
