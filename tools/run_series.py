@@ -16,6 +16,7 @@ part adds to release/, and every part must run on the same kind of GPU.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -54,6 +55,10 @@ def main(argv=None) -> int:
     if a.release:
         notebooks = release_order(notebooks)
     benchmark = a.release and (not a.only or "benchmark" in a.only)
+    if benchmark and any(r.startswith("airbench") for r in RELEASE_BENCHMARK) and importlib.util.find_spec("airbench") is None:
+        raise SystemExit("the release benchmark has airbench rows, and the airbench package is missing (checked before anything "
+                         "runs): pip install airbench, or unpack ../shared/device-kit/extra/airbench-0.1.8.tar.gz and put it on "
+                         "PYTHONPATH")
     if a.only and not notebooks and not benchmark:
         raise SystemExit(f"--only {' '.join(a.only)} names no notebook{' (and benchmark only with --release)' if 'benchmark' in a.only else ''}")
     os.environ.setdefault("VIT_PROGRESS", "0")  # headless: a compact log table, no progress widgets in the outputs
