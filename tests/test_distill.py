@@ -151,3 +151,21 @@ def test_cnn_presets_and_recipes():
         assert isinstance(recipe(teacher_name)[0], CNNArgs) and student in RECIPES
     with pytest.raises(ValueError, match="one residual flag per stage"):
         CNNArgs(widths=(8, 16), residual=(True,))
+
+
+def test_load_best_takes_a_runs_best_weights_and_refuses_another_model(tiny_args, tmp_path):
+    """load_best (notebook 08) loads best.pt into a ViT or a CNN; dropout may differ (not the architecture), the rest not."""
+    from vit_helpers.checkpoint import CheckpointError, load_best
+
+    data, cfg = synthetic_data(), CFG.replace(epochs=2)
+    result = train(VisionTransformer(tiny_args), data, cfg, checkpoint_dir=tmp_path / "vit", device="cpu", progress=False)
+    other_dropout = VisionTransformer(tiny_args.replace(dropout=0.3))
+    state = load_best(other_dropout, tmp_path / "vit")
+    assert state["best_epoch"] == result.best_epoch and len(state["history"]) == result.best_epoch
+    with pytest.raises(CheckpointError, match=r"holds another model \(dim: checkpoint has 32, model has 64"):
+        load_best(VisionTransformer(tiny_args.replace(dim=64, hidden_dim=128)), tmp_path / "vit")
+    t_cfg = recipe("teacher_quick")[1].replace(epochs=1, batch_size=32, train_subset=None, val_size=64, eval_batch_size=64)
+    train(ConvNet(TINY_CNN), data, t_cfg, checkpoint_dir=tmp_path / "cnn", device="cpu", progress=False)
+    load_best(ConvNet(TINY_CNN), tmp_path / "cnn")
+    with pytest.raises(CheckpointError, match="stem_width"):
+        load_best(ConvNet(TINY_CNN.replace(stem_width=16)), tmp_path / "cnn")

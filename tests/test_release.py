@@ -95,6 +95,8 @@ def test_readme_quotes_the_release_benchmark():
     readme = (ROOT / "README.md").read_text()
     assert bench["table"] in readme, "the README must hold release/benchmark.json's table unchanged"
     assert m["benchmark"]["date"] in readme
+    trained = m["notebooks"]["05_training"]["date"]
+    assert m["benchmark"]["date"] >= trained, f"the benchmark ({m['benchmark']['date']}) is older than the model 05 trained ({trained})"
 
 
 def test_readme_quotes_the_distillation_notebook():

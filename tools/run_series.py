@@ -49,6 +49,9 @@ def main(argv=None) -> int:
             raise SystemExit("--release needs a CUDA GPU and full mode: the stored outputs and the released weights come from the GPU run")
         a.inplace = True
         os.environ["VIT_RETRAIN"] = "1"
+        if not a.only:  # the whole release in one go: a new record (parts, with --only, add to the one there)
+            (RELEASE_DIR / "manifest.json").unlink(missing_ok=True)
+        open_manifest()  # refuses a part on another GPU than the release's, before anything runs
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if a.only:
         notebooks = [n for n in notebooks if any(n.name.startswith(o) for o in a.only)]
@@ -57,8 +60,7 @@ def main(argv=None) -> int:
     benchmark = a.release and (not a.only or "benchmark" in a.only)
     if benchmark and any(r.startswith("airbench") for r in RELEASE_BENCHMARK) and importlib.util.find_spec("airbench") is None:
         raise SystemExit("the release benchmark has airbench rows, and the airbench package is missing (checked before anything "
-                         "runs): pip install airbench, or unpack ../shared/device-kit/extra/airbench-0.1.8.tar.gz and put it on "
-                         "PYTHONPATH")
+                         "runs): pip install airbench (the README's 'Two commands' says how to install it offline)")
     if a.only and not notebooks and not benchmark:
         raise SystemExit(f"--only {' '.join(a.only)} names no notebook{' (and benchmark only with --release)' if 'benchmark' in a.only else ''}")
     os.environ.setdefault("VIT_PROGRESS", "0")  # headless: a compact log table, no progress widgets in the outputs

@@ -419,11 +419,13 @@ def load_best(model: torch.nn.Module, checkpoint_dir: str | os.PathLike) -> dict
     path = Path(checkpoint_dir) / "best.pt"
     state = load(path, keys=("model_args", "model", "history", "best_epoch"))
     args = getattr(model, "args", None)
-    if args is not None and state["model_args"] != args.to_dict():
-        diffs = [f"{k}: checkpoint has {v!r}, model has {args.to_dict().get(k)!r}" for k, v in (state["model_args"] or {}).items()
-                 if v != args.to_dict().get(k)]
-        raise CheckpointError(f"{shown(path)} holds another model ({'; '.join(diffs) or 'other fields'}); build the model "
-                              "from its config: build_model(type(args)(**checkpoint['model_args']))")
+    if args is not None:  # a ViT: its architecture fields (dropout may differ); a CNN: all of its (architecture) fields
+        saved = state["model_args"] or {}
+        diffs = (config_differences(saved, args) if isinstance(args, ModelArgs) else
+                 [f"{k}: checkpoint has {saved.get(k)!r}, model has {v!r}" for k, v in args.to_dict().items() if saved.get(k) != v])
+        if diffs:
+            raise CheckpointError(f"{shown(path)} holds another model ({'; '.join(diffs)}); build the model from the "
+                                  "checkpoint's own config instead: its 'model_args' entry")
     model.load_state_dict(state["model"])
     return state
 

@@ -66,10 +66,14 @@ class GraphedStep:
         try:
             with torch.cuda.graph(self.graph):
                 self._run(*self.inputs)
+        except torch.OutOfMemoryError:
+            self.graph = None
+            raise
         except RuntimeError as e:  # torch.AcceleratorError is one
             self.graph = None
+            first_line = (str(e).splitlines() or [type(e).__name__])[0]
             raise RuntimeError(
-                f"recording the training step as a CUDA graph failed ({str(e).splitlines()[0]}). A common cause: an "
+                f"recording the training step as a CUDA graph failed ({first_line}). A common cause: an "
                 "autograd graph of this model made before training is still alive, e.g. a loss computed outside "
                 "torch.no_grad() and kept in a variable; its backward nodes belong to another CUDA stream. Compute "
                 "such values under torch.no_grad() (or delete them) and restart the kernel, or train with "
