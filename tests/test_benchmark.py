@@ -15,6 +15,16 @@ def run_tiny(out: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def run_series_module():
+    """tools/run_series.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_series", ROOT / "tools" / "run_series.py")
+    run_series = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_series)
+    return run_series
+
+
 def test_benchmark_tiny_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_tiny(out, "--recipes", "article,fast,distilled", "--article-epochs", "1", "--epochs", "2")
@@ -40,11 +50,7 @@ def test_a_budgeted_run_is_not_reported_as_extrapolated(tmp_path):
 def test_the_release_rows_run_with_one_teacher(tmp_path):
     """The release benchmark's own rows (airbench aside: it needs a GPU): the teacher is trained once and is the
     teacher of both distilled rows, whose clocks start with its training; the sprint runs with its budget."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_series", ROOT / "tools" / "run_series.py")
-    run_series = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_series)
+    run_series = run_series_module()
     ours = [r for r in run_series.RELEASE_BENCHMARK if not r.startswith("airbench")]
     assert ours == ["teacher", "distilled", "distilled_sprint"]
     out = tmp_path / "bench.json"
@@ -58,10 +64,6 @@ def test_the_release_rows_run_with_one_teacher(tmp_path):
 
 def test_a_release_trains_before_it_reads_the_model():
     """04 reads the released weights: in a release it must run after 05 has made them, or it shows the last release's."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_series", ROOT / "tools" / "run_series.py")
-    run_series = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_series)
+    run_series = run_series_module()
     names = [Path(f"{n}.ipynb") for n in ("01_patching", "04_vision_transformer", "05_training", "06_evaluation")]
     assert [p.stem for p in run_series.release_order(names)] == ["05_training", "01_patching", "04_vision_transformer", "06_evaluation"]

@@ -213,9 +213,12 @@ def load(path: str | os.PathLike, map_location="cpu", keys: Iterable[str] = ()) 
     return obj
 
 
-def config_differences(saved: dict, args: ModelArgs) -> list[str]:
+def config_differences(saved: dict, args) -> list[str]:
+    """How a checkpoint's model_args differ from `args`: a ViT's architecture fields (dropout may differ), or every
+    field of a CNN's CNNArgs (all of them are architecture)."""
     want = args.to_dict()
-    return [f"{k}: checkpoint has {saved.get(k)!r}, model has {want[k]!r}" for k in ARCHITECTURE_FIELDS if saved.get(k) != want[k]]
+    fields = ARCHITECTURE_FIELDS if isinstance(args, ModelArgs) else tuple(want)
+    return [f"{k}: checkpoint has {saved.get(k)!r}, model has {want[k]!r}" for k in fields if saved.get(k) != want[k]]
 
 
 def check_config(ckpt: dict, args: ModelArgs, path="checkpoint") -> None:
@@ -419,10 +422,8 @@ def load_best(model: torch.nn.Module, checkpoint_dir: str | os.PathLike) -> dict
     path = Path(checkpoint_dir) / "best.pt"
     state = load(path, keys=("model_args", "model", "history", "best_epoch"))
     args = getattr(model, "args", None)
-    if args is not None:  # a ViT: its architecture fields (dropout may differ); a CNN: all of its (architecture) fields
-        saved = state["model_args"] or {}
-        diffs = (config_differences(saved, args) if isinstance(args, ModelArgs) else
-                 [f"{k}: checkpoint has {saved.get(k)!r}, model has {v!r}" for k, v in args.to_dict().items() if saved.get(k) != v])
+    if args is not None:
+        diffs = config_differences(state["model_args"] or {}, args)
         if diffs:
             raise CheckpointError(f"{shown(path)} holds another model ({'; '.join(diffs)}); build the model from the "
                                   "checkpoint's own config instead: its 'model_args' entry")
