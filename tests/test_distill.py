@@ -154,7 +154,7 @@ def test_cnn_presets_and_recipes():
 
 
 def test_load_best_takes_a_runs_best_weights_and_refuses_another_model(tiny_args, tmp_path):
-    """load_best (notebook 08) loads best.pt into a ViT or a CNN; dropout may differ (not the architecture), the rest not."""
+    """load_best (notebook 09) loads best.pt into a ViT or a CNN; dropout may differ (not the architecture), the rest not."""
     from vit_helpers.checkpoint import CheckpointError, load_best
 
     data, cfg = synthetic_data(), CFG.replace(epochs=2)

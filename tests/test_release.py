@@ -76,13 +76,13 @@ def test_readme_quotes_the_release():
     assert m["gpu"] in readme and m["date"] in readme, "the README must name the release's GPU and date"
     evaluation = json.loads((RELEASE / "results_fast.json").read_text())
     assert f"{evaluation['test_accuracy']:.2%}" in readme, "the README must quote the released model's test accuracy"
-    stored = "".join(t for _, t in output_texts(ROOT / "notebooks" / "06_evaluation.ipynb"))
-    assert f"{evaluation['test_accuracy']:.2%}" in stored, "06's stored output must show the accuracy the release recorded"
-    lora = "".join(t for _, t in output_texts(ROOT / "notebooks" / "07_lora.ipynb"))
-    table = lora[lora.index("method "):].splitlines()[1:8]  # 07's summary: one line per method
+    stored = "".join(t for _, t in output_texts(ROOT / "notebooks" / "07_evaluation.ipynb"))
+    assert f"{evaluation['test_accuracy']:.2%}" in stored, "07's stored output must show the accuracy the release recorded"
+    lora = "".join(t for _, t in output_texts(ROOT / "notebooks" / "08_lora.ipynb"))
+    table = lora[lora.index("method "):].splitlines()[1:8]  # 08's summary: one line per method
     for line in table:
         method, acc = re.split(r"\s{2,}", line.strip())[:2]
-        assert f"| {method} | {acc} |" in readme, f"the README's LoRA table must quote 07's stored {method}: {acc}"
+        assert f"| {method} | {acc} |" in readme, f"the README's LoRA table must quote 08's stored {method}: {acc}"
 
 
 def test_readme_quotes_the_release_benchmark():
@@ -103,8 +103,8 @@ def test_readme_quotes_the_distillation_notebook():
     results = json.loads((RELEASE / "results_distilled.json").read_text())
     assert results["mode"] == "full" and results["student_recipe"] == "distilled"
     readme = (ROOT / "README.md").read_text()
-    stored = "".join(t for _, t in output_texts(ROOT / "notebooks" / "08_distillation.ipynb"))
+    stored = "".join(t for _, t in output_texts(ROOT / "notebooks" / "09_distillation.ipynb"))
     for name, row in results["models"].items():
         acc = f"{row['test_accuracy']:.2%}"
-        assert acc in stored, f"08's stored output must show {name}'s {acc} that its results file recorded"
-        assert acc in readme, f"the README must quote 08's {name}: {acc}"
+        assert acc in stored, f"09's stored output must show {name}'s {acc} that its results file recorded"
+        assert acc in readme, f"the README must quote 09's {name}: {acc}"

@@ -8,9 +8,9 @@ The release executes every notebook in place with a fresh training run (VIT_RETR
 05's best checkpoint the released weights, then runs the benchmark (benchmarks/train_speed.py, the rows in
 RELEASE_BENCHMARK, one invocation) and records in release/ what the README quotes: the GPU, the date, the
 versions, each notebook's time, the results files the notebooks write (outputs/*.json) and the benchmark
-(release/benchmark.json). 05 runs first, so that 04 and 06-08 read the model this release trained. Where one
+(release/benchmark.json). 05 runs first, so that 04 and 06-09 read the model this release trained. Where one
 command cannot hold it all, run it in parts (--only 01 02 03 04 05 06,
-then --only 07 08, then --only benchmark) on the same checkout, carrying checkpoints/ between them: each
+then --only 07 08 09, then --only benchmark) on the same checkout, carrying checkpoints/ between them: each
 part adds to release/, and every part must run on the same kind of GPU.
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         print(f"test accuracy: {r['test_accuracy']:.2%} (95% CI {r['ci95'][0]:.2%} - {r['ci95'][1]:.2%}), "
               f"with flip TTA {r['test_accuracy_flip_tta']:.2%}; model: {r['model_source']}; results: {results}")
     else:
-        print(f"test accuracy: not computed (notebook 06 did not run; expected {results})")
+        print(f"test accuracy: not computed (notebook 07 did not run; expected {results})")
     return 0
 
 
@@ -103,7 +103,7 @@ RELEASE_BENCHMARK = ("teacher", "distilled", "distilled_sprint", "airbench94", "
 
 
 def release_order(notebooks: list[Path]) -> list[Path]:
-    """In a release, 05 (which trains the released model) runs first: 04, 06, 07 and 08 then read the model of this
+    """In a release, 05 (which trains the released model) runs first: 04, 07, 08 and 09 then read the model of this
     release, not the previous one's. The others keep their order."""
     return sorted(notebooks, key=lambda n: not n.name.startswith("05"))
 

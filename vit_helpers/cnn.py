@@ -9,7 +9,7 @@ Why it learns CIFAR-10 from 45,000 images where a ViT of the same size struggles
 looks only at a 3x3 neighbourhood (locality) and applies the same weights at every position (translation
 equivariance); pooling adds a little translation invariance. A ViT compares every patch with every other from the
 first layer and must learn both properties from data. DeiT (Touvron et al., 2021, arXiv:2012.12877) hands this bias
-to a ViT by distillation from a CNN teacher (notebook 08; `TrainConfig.distill`).
+to a ViT by distillation from a CNN teacher (notebook 09; `TrainConfig.distill`).
 
 The weights are kept channels-last (N, H, W, C in memory), the layout tensor-core convolutions run fastest in.
 """

@@ -266,7 +266,7 @@ RECIPES: dict[str, tuple[str, dict, str | None, dict]] = {
     "teacher_quick": ("teacher_small", {}, "teacher", dict(
         epochs=4, batch_size=128, lr=0.2, warmup_epochs=1, precision="fp32", cuda_graph=False, train_subset=10_000,
         val_size=2_000, log_every=1, checkpoint_every=1)),
-    # The fast recipe learning from the teacher recipe's CNN as well (DeiT's hard distillation; see notebook 08).
+    # The fast recipe learning from the teacher recipe's CNN as well (DeiT's hard distillation; see notebook 09).
     "distilled": ("article", {"dropout": 0.0}, "fast", dict(epochs=300, distill="hard", distill_weight=0.5)),
     "distilled_quick": ("small", {}, "quick", dict(distill="hard", distill_weight=0.5)),
     # The 30-second attempt (the article's 75.07% in 30 s, teacher included): the distilled recipe with an 18-second

@@ -2,7 +2,7 @@
 
 A CUDA graph records a sequence of GPU kernels once and replays it with a single launch, so the CPU no
 longer has to issue hundreds of kernels per step ("whole-network capture" in PyTorch's CUDA-graph docs).
-The recorded step is `train.TrainStep.update`, the plain step, unchanged; what recording needs lives here:
+The recorded step is `step.TrainStep.update`, the plain step, unchanged; what recording needs lives here:
 - an optimizer whose step count and learning rate are device tensors (`capturable`), the lr filled in place;
 - inputs that are fixed buffers: each step copies its draws (image indices, augmentation draws, mix row)
   into them, and the graph makes the batch from the draws (`GPUBatches.make_batch`);
@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import GPUBatches
-from .train import TrainStep, set_lr
+from .step import TrainStep, set_lr
 
 
 class GraphedStep:

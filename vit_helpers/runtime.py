@@ -43,5 +43,5 @@ def print_mode() -> None:
 
 # The training recipe each mode uses (vit_helpers.train.RECIPES).
 RECIPE = "fast" if MODE == "full" else "quick"
-# The distillation recipe each mode uses (notebook 08); its teacher's is config.TEACHER_RECIPES[DISTILLED_RECIPE].
+# The distillation recipe each mode uses (notebook 09); its teacher's is config.TEACHER_RECIPES[DISTILLED_RECIPE].
 DISTILLED_RECIPE = "distilled" if MODE == "full" else "distilled_quick"

@@ -1,14 +1,9 @@
-"""Training: one readable `train()` loop, the plain training step, `evaluate()`, and the learning-rate schedule.
+"""Training: one readable `train()` loop, `evaluate()`, and the learning-rate schedule.
 
-A training step has one interface, `step(batch, lr)`, and two implementations: `TrainStep` here (plain,
-eager: the one notebook 05 prints) and `vit_helpers.graphed.GraphedStep`, which records that same step,
-batch making included, as one CUDA graph. The recipes live in `vit_helpers.config`; the training state on
-disk belongs to `vit_helpers.checkpoint`.
-
-Distillation (notebook 08): with a `teacher`, the step also runs that frozen model on the same augmented
-images and adds its term to the loss: DeiT's hard distillation (Touvron et al., 2021, arXiv:2012.12877: the
-teacher's top class as a second label) or Hinton et al.'s soft distillation (2015, arXiv:1503.02531: match
-its probabilities at a temperature T).
+The loop calls a training step once per batch. The step has one interface, `step(batch, lr)`, and lives in
+`vit_helpers.step` (`TrainStep`, the plain eager step that notebook 05 writes by hand); `vit_helpers.graphed`
+records that same step, batch making included, as one CUDA graph. The recipes live in `vit_helpers.config`;
+the training state on disk belongs to `vit_helpers.checkpoint`.
 """
 from __future__ import annotations
 
@@ -26,6 +21,8 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from .config import RECIPES, TrainConfig, recipe  # noqa: F401  (re-exported: the notebooks import them from here)
 from .data import GPUBatches, ImageData, classic_loader, train_val_split
+from .step import (TrainStep, autocast_settings, check_teacher, freeze_teacher, make_optimizer, make_step,  # noqa: F401
+                   param_groups, set_lr, teacher_loss)  # (re-exported: the notebooks and tests import them from here)
 
 
 def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
@@ -39,172 +36,6 @@ def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
         return cfg.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices; leave norms, biases and the cls/position embeddings undecayed."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embedding")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD; `capturable` (for a CUDA graph) keeps the step count and the lr in device tensors."""
-    kw = {"fused": device.type == "cuda"}  # fused: one kernel for all parameters
-    kw["lr"] = torch.tensor(cfg.lr, device=device) if capturable else cfg.lr  # set_lr fills the tensor in place
-    if cfg.optimizer == "sgd":  # no step count to keep: a device-tensor lr is all a CUDA graph needs
-        return torch.optim.SGD(param_groups(model, cfg.weight_decay), momentum=cfg.momentum, nesterov=True, **kw)
-    kw["betas"] = cfg.betas
-    if capturable:
-        kw["capturable"] = True
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], **kw)
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **kw)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)  # in place: a CUDA graph holds this tensor's address
-        else:
-            group["lr"] = lr
-
-
-def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a GradScaler is needed)."""
-    if precision == "fp32" or device.type != "cuda":
-        return None, False
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16, False
-    return torch.float16, True  # e.g. a Colab T4: fp16 needs loss scaling to keep small gradients
-
-
-def teacher_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """The teacher's term of the distillation loss, which is (1 - w) * (the usual loss) + w * this, w = cfg.distill_weight.
-
-    hard (DeiT): cross-entropy with the teacher's top class as the label. As in DeiT, label smoothing applies to the
-        true label only, not to the teacher's. Cross-entropy is linear in its target, so the total equals the
-        cross-entropy on the target (1 - w) * smoothed(y) + w * one_hot(teacher's class).
-    soft (Hinton): T^2 * KL(softmax(teacher / T) || softmax(student / T)); T^2 keeps its gradients' size as T changes.
-    """
-    if cfg.distill == "hard":
-        return F.cross_entropy(logits, teacher_logits.argmax(-1))
-    t = cfg.distill_temperature
-    return t * t * F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean", log_target=True)
-
-
-def freeze_teacher(teacher: nn.Module | None, cfg: TrainConfig, device: torch.device) -> nn.Module | None:
-    """The teacher on `device`, in eval mode (BatchNorm uses its running statistics), its weights never trained."""
-    if teacher is None and cfg.distill != "none":
-        raise ValueError(f"distill={cfg.distill!r} needs a teacher: train(..., teacher=a trained model)")
-    if teacher is not None and cfg.distill == "none":
-        raise ValueError("a teacher was given but distill='none': set distill='hard' or 'soft', or leave the teacher out")
-    return None if teacher is None else teacher.to(device).eval().requires_grad_(False)
-
-
-class TrainStep:
-    """One optimizer step: `step(batch, lr)` with batch = (images, labels), where the labels are class
-    indices (B,) or, after MixUp/CutMix, soft targets (B, n_classes). This is the step notebook 05 prints.
-    teacher: a frozen model to distill from (cfg.distill), run on the same augmented images."""
-
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, capturable: bool = False,
-                 teacher: nn.Module | None = None):
-        self.model, self.cfg, self.device = model, cfg, device
-        self.teacher = freeze_teacher(teacher, cfg, device)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(model, cfg, device, capturable)
-        self.amp_dtype, needs_scaler = autocast_settings(cfg.precision, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
-        self.totals = torch.zeros(2, device=device)  # this epoch's summed loss and correct predictions, on the device
-        if cfg.compile and device.type == "cuda":  # fuse the model and the loss into fewer kernels
-            self.loss = torch.compile(self.loss, mode="default" if capturable else cfg.compile_mode)
-
-    def epoch(self, batches):
-        """What `__call__` takes, batch by batch, for one epoch."""
-        return batches
-
-    def __call__(self, batch, lr: float) -> None:
-        set_lr(self.optimizer, lr)
-        x, y = (t.to(self.device, non_blocking=True) for t in batch)
-        self.update(x, y)
-
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Forward, loss, backward, clip, optimizer step; never waits for the GPU (a CUDA graph can record it)."""
-        loss, n_correct = self.loss(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()  # the scaler multiplies the loss only for float16 (else a no-op)
-        if self.cfg.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=self.device.type == "cuda")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.totals += torch.stack([loss.detach() * len(x), n_correct.float()])  # read once per epoch, not per step
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean loss, number of correct predictions); with soft targets, correct means their largest class."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None, cache_enabled=False):
-            logits = self.model(x)
-        # cross_entropy takes class indices, or probabilities (soft targets): -sum(target * log_softmax(logits))
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
-        if self.teacher is not None:  # distillation (notebook 08)
-            w = self.cfg.distill_weight
-            loss = (1 - w) * loss + w * teacher_loss(logits.float(), self.teacher_logits(x), self.cfg)
-        hard = y.argmax(-1) if y.dim() == 2 else y
-        return loss, (logits.argmax(-1) == hard).sum()
-
-    @torch.no_grad()
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The frozen teacher's logits for the student's (augmented) images, in the student's precision."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None, cache_enabled=False):
-            return self.teacher(x).float()
-
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-
-
-def check_teacher(teacher: nn.Module, data: ImageData, n_classes: int, device: torch.device) -> None:
-    """Before training: the (frozen) teacher must take the data's images and give one logit per class."""
-    from .data import to_model_input
-
-    example = to_model_input(data.train_x[:2].to(device))
-    try:
-        with torch.no_grad():
-            out = teacher(example)
-    except Exception as e:
-        raise ValueError(f"the teacher ({type(teacher).__name__}) can't take the data's images: it was given a batch of "
-                         f"shape {tuple(example.shape)} (B, C, H, W) and failed with {type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0][:300]}") from e
-    if tuple(out.shape) != (len(example), n_classes):
-        raise ValueError(f"the teacher gives outputs of shape {tuple(out.shape)} for {len(example)} images; expected "
-                         f"({len(example)}, {n_classes}): one logit for each of the student's {n_classes} classes")
-
-
-def make_step(model: nn.Module, cfg: TrainConfig, device: torch.device, batches, teacher: nn.Module | None = None):
-    """The whole-step CUDA graph where the config asks for it and the device allows it, else the plain step."""
-    dropped = [f"{k}" for k in ("compile", "cuda_graph") if getattr(cfg, k)] + (["precision='auto'"] if cfg.precision == "auto" else [])
-    if device.type != "cuda" and dropped:
-        warnings.warn(f"training on the {device.type.upper()}: {', '.join(dropped)} need a CUDA GPU and are dropped "
-                      "(this run uses float32, eager, one step at a time)", stacklevel=3)
-    if cfg.compile and device.type == "cuda" and cfg.precision == "auto":
-        # Under autocast the matrix multiplies run in bf16/fp16, so inductor's hint to enable TF32 for float32 ones
-        # does not apply; left on, it is the one warning every compiled run would print.
-        warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*", category=UserWarning)
-    if cfg.cuda_graph and device.type == "cuda":
-        if autocast_settings(cfg.precision, device)[1]:
-            warnings.warn("this GPU has no bfloat16: float16 needs a GradScaler, which waits for the GPU every step, "
-                          "so the whole-step CUDA graph is dropped (the plain step runs instead)", stacklevel=3)
-        else:
-            from .graphed import GraphedStep
-
-            return GraphedStep(model, cfg, device, batches, teacher=teacher)
-    return TrainStep(model, cfg, device, teacher=teacher)
 
 
 def make_batches(data: ImageData, cfg: TrainConfig, device: torch.device, n_classes: int):

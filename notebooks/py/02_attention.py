@@ -421,7 +421,7 @@ plt.show()
 # longer, so their scores are larger and their rows sharper: the √d effect again. The other rows are
 # much flatter, near the uniform 1/12 ≈ 0.08 per key. *Which* keys they peak on is an accident of the random
 # projections: nothing here is learned yet. Training is what makes heads look for something useful;
-# notebook 06 draws the trained model's attention over real images.
+# notebook 07 draws the trained model's attention over real images.
 #
 # ## Exercises
 # 1. **A causal mask.** Add a causal mask (token i may not read any token j > i) to `attention` and

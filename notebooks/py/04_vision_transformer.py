@@ -194,7 +194,7 @@ print(f"notebook VisionTransformer == vh.VisionTransformer: {diff < 1e-5} (max |
 # input checks with clear error messages, a careful initialisation of every layer, stochastic depth
 # (`drop_path`: while training, skip a whole block for some images, used by notebook 05's recipe),
 # and a forward pass split in two, `forward_features` (all tokens) and `forward_head` (classify
-# [CLS]), so notebook 06 can read every token and attention map:
+# [CLS]), so notebook 07 can read every token and attention map:
 
 # %%
 with torch.no_grad():
@@ -260,7 +260,7 @@ with torch.no_grad():
 # each block, and how much of its attention goes to patches rather than to itself. Two methods of the
 # package's model help: `embed(x)` runs everything before the blocks (patches, linear layer, [CLS],
 # positions), and `attention_maps(x)` returns every block's attention weights, shape (L, B, H, T, T)
-# for L blocks, H heads and T = 65 tokens (notebook 06 uses them at length).
+# for L blocks, H heads and T = 65 tokens (notebook 07 uses them at length).
 
 # %%
 with torch.no_grad():
@@ -340,7 +340,7 @@ maps = model.attention_maps(x[:2])
 print("attention maps (layers, batch, heads, tokens, tokens):", tuple(maps.shape))
 
 # %% [markdown]
-# Notebook 06 uses these on the trained model.
+# Notebook 07 uses these on the trained model.
 #
 # ## Exercises
 # 1. **Mean pooling instead of [CLS].** Replace the [CLS] token by the mean of the patch tokens

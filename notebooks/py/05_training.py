@@ -53,7 +53,7 @@ print(f"{len(data.train_x):,} training and {len(data.test_x):,} test images of s
 # %% [markdown]
 # ## A clean validation split
 # We hold out 5,000 of the 50,000 training images, with a fixed seed, to choose settings and
-# checkpoints; the test set is used once, in notebook 06. The article splits *after* attaching the
+# checkpoints; the test set is used once, in notebook 07. The article splits *after* attaching the
 # training transform, so its "validation" images are randomly flipped and cropped: its validation
 # accuracy is measured on augmented images and changes from run to run. Ours applies exactly the
 # test transform:
@@ -366,14 +366,14 @@ print(f"OK: {best['val_acc']:.2%} validation accuracy, well above the 10% of cha
 # | article (Adam 3e-4, batch 16, PIL + DataLoader, fp32) | 150 | 75.07% (the article's report) | ~1 h 53 min (extrapolated) | 998 |
 # | fast (this notebook's full mode) | 420 | 86.26% | 274 s (33 s of it compiling) | 77,570 |
 #
-# That row is a separate benchmark run (run 7); this notebook's own run, above, is the one notebooks 06
-# and 07 analyse (86.32% test in the stored release). The speed ladder above comes from run 8 (77,813
+# That row is a separate benchmark run (run 7); this notebook's own run, above, is the one notebooks 07
+# and 08 analyse (86.32% test in the stored release). The speed ladder above comes from run 8 (77,813
 # images/s), the table from run 7 (77,570): two runs of the same recipe on the same kind of GPU.
 
 # %%
 print(f"this run: {runtime.RECIPE} recipe, {len(history)} epochs, best validation {best['val_acc']:.2%}, "
       f"{result.train_seconds:.0f} s of training on {runtime.describe().split('device: ')[1].split(';')[0]}")
-print("best checkpoint, which notebooks 06 and 07 load in full mode:", vh.checkpoint.shown(ckpt_dir / "best.pt"))
+print("best checkpoint, which notebooks 07 and 08 load in full mode:", vh.checkpoint.shown(ckpt_dir / "best.pt"))
 
 # %% [markdown]
 # ## Exercises

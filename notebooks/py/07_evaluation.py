@@ -1,7 +1,7 @@
 # %% [markdown]
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/vit-from-scratch/vit-from-scratch/blob/main/notebooks/06_evaluation.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/vit-from-scratch/vit-from-scratch/blob/main/notebooks/07_evaluation.ipynb)
 #
-# # 06 · Evaluation: one honest number, then a look inside
+# # 07 · Evaluation: one honest number, then a look inside
 #
 # The article this series follows (Pasha Shaik, *Building Vision Transformer from Scratch*) stops at
 # one test accuracy. Here we compute it once, with its uncertainty, then ask what the model gets

@@ -1,7 +1,7 @@
 # %% [markdown]
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/vit-from-scratch/vit-from-scratch/blob/main/notebooks/08_distillation.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/vit-from-scratch/vit-from-scratch/blob/main/notebooks/09_distillation.ipynb)
 #
-# # 08 · Distillation: a CNN teacher gives the ViT what 45,000 images cannot
+# # 09 · Distillation: a CNN teacher gives the ViT what 45,000 images cannot
 #
 # The article (Pasha Shaik, *Building Vision Transformer from Scratch*) ends: "Our model's accuracy is
 # lower than a basic CNN. This is because vision transformers need more data to excel." This notebook
@@ -271,7 +271,7 @@ print(f"student: best validation accuracy {student_run.best_val_acc:.2%} (epoch 
 # The plain ViT is notebook 05's model: on a GPU, its best checkpoint, or the released weights that
 # `vit_helpers` ships when 05 has not run here (the same recipe, trained in the release); in quick
 # mode, 05's small model (trained here if 05 has not run). Each model is scored at its best
-# validation epoch on the 10,000 test images, with 06's 95% Wilson interval. Training time is the
+# validation epoch on the 10,000 test images, with 07's 95% Wilson interval. Training time is the
 # time until that best epoch, from the run's own history; the distilled ViT's includes its teacher's.
 
 # %%
@@ -358,7 +358,7 @@ for name in ("ViT", "ViT, distilled"):
 # knowledge.
 #
 # ## What changed inside the student
-# Notebook 06 measured **mean attention distance**: for each head, the average distance in pixels between
+# Notebook 07 measured **mean attention distance**: for each head, the average distance in pixels between
 # a patch and the patches it attends to, weighted by attention (small: the head looks at neighbours,
 # like a convolution). If the teacher hands over its locality, the student's heads should look closer.
 # Both ViTs, on the same 256 test images, next to the distance of uniform attention:
@@ -380,7 +380,7 @@ for name, d in distances.items():
 # sits in layer 2: there the plain ViT's heads average 12.4 px and the distilled student's 8.1 px.
 # Several of the student's layer-2 heads look only a patch or two away (the dots below 8 px), the
 # neighbourhood a stack of 3x3 convolutions sees; one stays global, slightly above the uniform line (a
-# head can favour far patches, as 06 explained). The other layers move by at most 1.3 px. So the
+# head can favour far patches, as 07 explained). The other layers move by at most 1.3 px. So the
 # teacher's locality shows up as a few strongly local heads early in the network, not as a shift
 # everywhere. (On a 32x32 image cut into an 8x8 grid every patch is close to every other, which limits
 # how local a head can look; the small quick-mode models hardly differ.)

@@ -1,7 +1,7 @@
 # %% [markdown]
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/vit-from-scratch/vit-from-scratch/blob/main/notebooks/07_lora.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/vit-from-scratch/vit-from-scratch/blob/main/notebooks/08_lora.ipynb)
 #
-# # 07 · LoRA from scratch: adapting our ViT to a new task
+# # 08 · LoRA from scratch: adapting our ViT to a new task
 #
 # The article this series follows (Pasha Shaik, *Building Vision Transformer from Scratch*) promised
 # LoRA as its part 2. Here it is, built from scratch and applied to the ViT we trained, then measured
@@ -31,7 +31,7 @@ if importlib.util.find_spec("vit_helpers") is None:
         raise ModuleNotFoundError("vit_helpers is not installed: run `make run` or `pip install -e .` in the repository root")
 
 # %% [markdown]
-# **Which model.** As in notebook 06, the base model is the full model trained with the fast recipe
+# **Which model.** As in notebook 07, the base model is the full model trained with the fast recipe
 # (notebook 05's checkpoint from a full-mode run, else the released weights), in both modes. What
 # depends on the mode is only how long we fine-tune it: on a GPU (full mode) each method trains for
 # 10 epochs on the whole training split; on a CPU (quick mode) for a short run on a subset, so the
