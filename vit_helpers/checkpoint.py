@@ -268,6 +268,8 @@ def trained_model(recipe_name: str, device=None) -> tuple[VisionTransformer, dic
 # last.pt holds everything a run needs to continue exactly: weights, the step's optimizer and scaler, the batch
 # generators, the RNG, the configs, the history, the chosen length and a fingerprint of the training data.
 # best.pt holds the same description with the weights of the best validation accuracy (no optimizer state).
+# With several processes (vit_helpers.distributed) rank 0 writes both; last.pt also records the number of processes
+# and every rank's RNG state, so a resume with the same number continues exactly and another number is refused.
 
 TRAINING_STATE_KEYS = ("model_args", "train_config", "data", "history", "epoch", "epochs", "model", "step", "batches", "rng")
 
@@ -370,7 +372,8 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, cfg, data, resul
 
 
 class TrainingRun:
-    """One run's checkpoints in `directory` (None: nothing is written): save after an epoch, resume from last.pt."""
+    """One run's checkpoints in `directory` (None: nothing is written): save after an epoch, resume from last.pt.
+    With several processes each calls `save` and `resume` (they exchange RNG states); only rank 0 writes."""
 
     def __init__(self, directory: Path | None, model: torch.nn.Module, cfg, data, step, batches, device: torch.device,
                  teacher: torch.nn.Module | None = None):
@@ -383,28 +386,43 @@ class TrainingRun:
         self.last_epoch: int | None = None
 
     def save(self, result, improved: bool, write_last: bool) -> None:
+        from . import distributed
+
         if self.directory is None:
             return
         meta = describe_run(self.model, self.cfg, self.fingerprint, result, self.teacher)
+        # every rank's own RNG state (dropout draws differ by rank); a collective, so every rank takes part
+        rng = distributed.gather(_rng_state(self.device)) if write_last else []
+        if not distributed.is_main():
+            self.last_epoch = meta["epoch"] if write_last else self.last_epoch
+            return
         if improved:
             atomic_save({**meta, "model": _cpu_weights(self.model)}, self.directory / "best.pt")
         if write_last:
             atomic_save({**meta, "model": _cpu_weights(self.model), "step": self.step.state_dict(),
                          "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else {},
-                         "rng": _rng_state(self.device)}, self.last)
+                         "rng": rng[0], "rank_rng": rng, "world_size": len(rng)}, self.last)
             self.last_epoch = meta["epoch"]
 
     def resume(self, result) -> None:
         """Continue from last.pt exactly where it stopped: weights, optimizer, batch order, RNG, history."""
         if self.last is None or not self.last.is_file():
             raise FileNotFoundError(f"resume=True but there is no last.pt in {shown(self.directory or '.')}; train without resume first")
+        from . import distributed
+
         state = load(self.last, keys=TRAINING_STATE_KEYS)  # on the CPU: RNG states must be; the optimizer moves its own
         _check_same_run(state, self.last, self.args, self.cfg, self.fingerprint, self.teacher)
+        saved, now = state.get("world_size", 1), distributed.world_size()
+        if saved != now:
+            raise ResumeError(f"{shown(self.last)} was written by a run of {saved} process(es), and this one has {now}: "
+                              f"resume it with the same number (torchrun --nproc_per_node={saved}; plain python for 1), "
+                              "so that every batch is split and every random draw made as before, or train anew "
+                              "in another checkpoint directory.")
         self.model.load_state_dict(state["model"])
         self.step.load_state_dict(state["step"])
         if hasattr(self.batches, "load_state_dict"):
             self.batches.load_state_dict(state["batches"])
-        _set_rng_state(state["rng"], self.device)
+        _set_rng_state(state["rank_rng"][distributed.rank()] if "rank_rng" in state else state["rng"], self.device)
         result.history, result.best_val_acc, result.best_epoch = state["history"], state["best_val_acc"], state["best_epoch"]
         result.epochs = state["epochs"]
         self.last_epoch = state["epoch"]

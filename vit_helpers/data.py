@@ -293,15 +293,25 @@ class GPUBatches:
         distinct images, each `repeats` times with its own augmentation; an epoch still has as many
         images as the data.
     compile: torch.compile `make_batch`'s work (a CUDA device only; a few kernels instead of ~100).
+    rank, world_size: for several processes training one model (`vit_helpers.distributed`): batch_size stays the
+        global batch; every rank draws the same epoch order and augmentation and keeps its share of each batch,
+        batch_size / world_size images (the rank-th slice). MixUp/CutMix pairs each image with its neighbour
+        within the share, so only those pairings differ from one process.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, device=None, shuffle: bool = False,
                  drop_last: bool = False, policy: str = "none", mix_prob: float = 0.0, n_classes: int = 10,
                  mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, seed: int = 0, erase_prob: float = 0.0,
-                 repeats: int = 1, compile: bool = False):
+                 repeats: int = 1, compile: bool = False, rank: int = 0, world_size: int = 1):
         device = torch.device(device or x.device)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size or batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} (the global batch) must divide evenly among world_size={world_size} "
+                             f"processes, and rank={rank} must be one of them")
+        if world_size > 1 and not drop_last:
+            raise ValueError("several processes need drop_last=True (a last, smaller batch would not split evenly); "
+                             "to evaluate on several processes, give each rank its own shard of the images instead")
         if not isinstance(repeats, int) or repeats < 1 or batch_size % repeats:
             raise ValueError(f"repeats must be a positive integer that divides batch_size={batch_size}, got {repeats!r}")
         if repeats > 1 and not shuffle:
@@ -312,6 +322,7 @@ class GPUBatches:
             raise ValueError(f"unknown augmentation policy {policy!r}; use one of {POLICIES}")
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
         self.policy, self.mix_prob, self.erase_prob, self.repeats = policy, mix_prob, erase_prob, repeats
         self.n_classes, self.mixup_alpha, self.cutmix_alpha = n_classes, mixup_alpha, cutmix_alpha
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -332,7 +343,8 @@ class GPUBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def plan(self):
-        """Yield, for each batch of one epoch, its draws: (image indices, augmentation draws, mix row)."""
+        """Yield, for each batch of one epoch, its draws: (image indices, augmentation draws, mix row); with several
+        processes, this rank's share of each global batch."""
         n, device = len(self.x), self.x.device
         if self.shuffle:
             order = torch.randperm(n, device=device, generator=self.generator)
@@ -349,8 +361,10 @@ class GPUBatches:
         if self.mix_prob > 0:
             mix = mix_plan(steps, self.mix_prob, tuple(self.x.shape[-2:]), self.host_generator, self.mixup_alpha, self.cutmix_alpha)
         mix = mix.to(device)  # one copy per epoch
+        share = self.batch_size // self.world_size
         for i in range(steps):
-            span = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            start = i * self.batch_size + self.rank * share
+            span = slice(start, start + share)
             yield order[span], draws[span], mix[i]
 
     def make_batch(self, idx: torch.Tensor, u: torch.Tensor, mix: torch.Tensor):

@@ -9,11 +9,17 @@ The recorded step is `step.TrainStep.update`, the plain step, unchanged; what re
 - a few warm-up calls before recording (they compile and create the optimizer's state), after which the
   weights and the optimizer's state are put back, so training starts where it was;
 - no host synchronisation anywhere in the step.
+With several GPUs (`vit_helpers.distributed`), the model is DistributedDataParallel and the graph records NCCL's
+all-reduce of the gradients with the rest (PyTorch's CUDA-graph notes, "Usage with DistributedDataParallel"):
+the process group exists before recording, DDP was built on a side stream (`distributed.wrap(graphed=True)`), and
+at least 11 eager steps run before recording, after which DDP has settled its gradient buckets. Every rank records
+and replays the same graph, so every replay is one collective step of all ranks.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .config import TrainConfig
 from .data import GPUBatches
@@ -23,10 +29,17 @@ from .step import TrainStep, set_lr
 class GraphedStep:
     """`step(draws, lr)`: the plain step with its batch making, recorded at the first call and replayed after."""
 
+    # DDP rebuilds its gradient buckets in the order of the first backward passes; recorded before that settles,
+    # the graph would hold buffers DDP later replaces. PyTorch's notes ask for at least 11 eager DDP steps.
+    DDP_WARMUP = 11
+
     def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, batches: GPUBatches, warmup: int = 3,
                  teacher: nn.Module | None = None):
         if not isinstance(batches, GPUBatches):
             raise TypeError("the whole-step CUDA graph makes its batches on the GPU: use pipeline='gpu'")
+        self.distributed = isinstance(model, DistributedDataParallel)
+        if self.distributed:
+            warmup = max(warmup, self.DDP_WARMUP)
         self.step = TrainStep(model, cfg, device, capturable=True, teacher=teacher)  # a teacher runs inside the graph too
         self.model, self.batches, self.warmup = model, batches, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -72,6 +85,11 @@ class GraphedStep:
         except RuntimeError as e:  # torch.AcceleratorError is one
             self.graph = None
             first_line = (str(e).splitlines() or [type(e).__name__])[0]
+            if self.distributed:
+                raise RuntimeError(
+                    f"recording the training step with DistributedDataParallel as one CUDA graph failed ({first_line}). "
+                    "Train with the compiled step instead (each kernel launched from Python, NCCL's all-reduce outside a "
+                    "graph): --set cuda_graph=False on the command line, or TrainConfig(cuda_graph=False).") from e
             raise RuntimeError(
                 f"recording the training step as a CUDA graph failed ({first_line}). A common cause: an "
                 "autograd graph of this model made before training is still alive, e.g. a loss computed outside "

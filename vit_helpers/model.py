@@ -50,6 +50,9 @@ class VisionTransformer(nn.Module):
                 f"expected floating-point images, got dtype {x.dtype}; convert uint8 images with "
                 f"x.float() / 255 (and normalise) before the model"
             )
+        if x.dtype == torch.float64 and self.input_layer.weight.dtype != torch.float64:
+            raise TypeError(f"expected float32 images (the model's weights are {self.input_layer.weight.dtype}), got "
+                            f"dtype {x.dtype}; convert them with x.float() (or the model with model.double())")
         if x.dim() != 4:
             raise ValueError(f"expected images shaped (B, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
         if x.shape[1] != a.n_channels:

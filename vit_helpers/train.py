@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt_io
+from . import distributed
 from .config import RECIPES, TrainConfig, recipe  # noqa: F401  (re-exported: the notebooks import them from here)
 from .data import GPUBatches, ImageData, classic_loader, train_val_split
 from .step import (TrainStep, autocast_settings, check_teacher, freeze_teacher, make_optimizer, make_step,  # noqa: F401
@@ -39,7 +40,8 @@ def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
 
 
 def make_batches(data: ImageData, cfg: TrainConfig, device: torch.device, n_classes: int):
-    """(train batches, validation batches, number of training images) for a config."""
+    """(train batches, validation batches, number of training images) for a config. With several processes
+    (`vit_helpers.distributed`), this rank's share of every training batch and its shard of the validation images."""
     train_idx, val_idx = train_val_split(len(data.train_x), cfg.val_size, cfg.seed)
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train_idx):
@@ -47,19 +49,25 @@ def make_batches(data: ImageData, cfg: TrainConfig, device: torch.device, n_clas
         train_idx = train_idx[: cfg.train_subset]
     tx, ty = data.train_x[train_idx], data.train_y[train_idx]
     vx, vy = data.train_x[val_idx], data.train_y[val_idx]
+    rank, world = distributed.rank(), distributed.world_size()
     if cfg.pipeline == "classic":
+        if world > 1:
+            raise ValueError("the classic pipeline (the article's DataLoader) runs in one process; train on several "
+                             "with pipeline='gpu' (e.g. the fast recipe)")
         return (classic_loader(tx, ty, cfg.batch_size, True, cfg.num_workers, cfg.seed),
                 classic_loader(vx, vy, cfg.eval_batch_size, False, cfg.num_workers), len(tx))
     train = GPUBatches(tx, ty, cfg.batch_size, device=device, shuffle=True, drop_last=True, policy=cfg.augment,
                        mix_prob=cfg.mix_prob, n_classes=n_classes, seed=cfg.seed, erase_prob=cfg.erase_prob,
-                       repeats=cfg.repeats, compile=cfg.compile)
-    val = GPUBatches(vx, vy, cfg.eval_batch_size, device=device)
+                       repeats=cfg.repeats, compile=cfg.compile, rank=rank, world_size=world)
+    val = GPUBatches(vx[rank::world], vy[rank::world], cfg.eval_batch_size, device=device)  # disjoint shards
     return train, val, len(tx)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, device: torch.device | str | None = None, precision: str = "fp32") -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` over an iterable of (inputs, int labels)."""
+def evaluate(model: nn.Module, batches, device: torch.device | str | None = None, precision: str = "fp32",
+             across_ranks: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` over an iterable of (inputs, int labels).
+    across_ranks: each of several processes holds one shard of the images; the sums are added over all of them."""
     device = torch.device(device or next(model.parameters()).device)
     amp_dtype, _ = autocast_settings(precision, device)
     was_training = model.training
@@ -75,20 +83,41 @@ def evaluate(model: nn.Module, batches, device: torch.device | str | None = None
         correct += (logits.argmax(-1) == y).sum()
         n += len(y)
     model.train(was_training)
-    return loss_sum.item() / n, correct.item() / n
+    sums = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(n), device=device)])
+    if across_ranks:
+        distributed.all_reduce_sum(sums)
+    loss_sum, correct, n = sums.tolist()
+    return loss_sum / n, correct / n
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x_uint8: torch.Tensor, batch_size: int = 1000, device=None, flip_tta: bool = False) -> torch.Tensor:
-    """Logits (N, n_classes), float32 on the CPU, for uint8 images; `flip_tta` averages with the mirror image."""
-    from .data import to_model_input
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000, device=None, flip_tta: bool = False) -> torch.Tensor:
+    """Logits (N, n_classes), float32 on the CPU, for raw (not normalised) images (N, C, H, W); `flip_tta`
+    averages with the mirror image.
 
+    images: uint8 in 0..255 (as stored), or floating point in [0, 1] (e.g. torchvision's ToTensor); both are scaled
+    and normalised the same way. Floating-point images outside [0, 1] are refused: they are either 0..255 values
+    (pass them as uint8) or already normalised (call the model on them directly).
+    """
+    from .data import normalize, to_model_input
+
+    if images.is_floating_point():
+        lo, hi = (float(images.min()), float(images.max())) if images.numel() else (0.0, 0.0)
+        if lo < 0 or hi > 1:
+            raise ValueError(f"predict() takes uint8 images (0..255) or float images in [0, 1]; these {images.dtype} "
+                             f"images range over [{lo:.3g}, {hi:.3g}]. Pass 0..255 values as uint8 "
+                             f"(images.round().to(torch.uint8)); for images already normalised, call model(x) directly.")
+        prepare = lambda x: normalize(x.float())
+    elif images.dtype == torch.uint8:
+        prepare = to_model_input
+    else:
+        raise TypeError(f"predict() takes uint8 images (0..255) or float images in [0, 1], got dtype {images.dtype}")
     device = torch.device(device or next(model.parameters()).device)
     was_training = model.training
     model.eval()
     out = []
-    for i in range(0, len(x_uint8), batch_size):
-        x = to_model_input(x_uint8[i:i + batch_size].to(device))
+    for i in range(0, len(images), batch_size):
+        x = prepare(images[i:i + batch_size].to(device))
         logits = model(x).float()
         if flip_tta:
             logits = (logits.softmax(-1) + model(x.flip(-1)).float().softmax(-1)).div(2).log()
@@ -129,11 +158,15 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
 
     teacher: a trained model to distill from (needs cfg.distill 'hard' or 'soft'); put in eval mode and never updated.
     checkpoint_dir: where best.pt (best validation accuracy) and last.pt (to resume from) go, or None.
-    resume: continue from checkpoint_dir/last.pt exactly (refused if the model, config, data or teacher differ).
+    resume: continue from checkpoint_dir/last.pt exactly (refused if the model, config, data, teacher or number of
+        processes differ).
+    Under torchrun (`vit_helpers.distributed.setup()` first), every process calls this: one model, DDP; cfg.batch_size
+    is the global batch, split among them; rank 0 alone logs and writes.
     progress: show a progress bar (default: on, except in headless runs; see `show_progress_bar`).
     on_epoch_end: optional callback(epoch_record) after each epoch.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    distributed.check_batch_size(cfg.batch_size)
     model.to(device).train()
     n_classes = model.args.n_classes if hasattr(model, "args") else int(data.train_y.max()) + 1
     teacher = freeze_teacher(teacher, cfg, device)
@@ -143,14 +176,15 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
     spe = len(train_batches)  # steps per epoch
     if spe == 0:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {n_train} training images; lower it")
-    step = make_step(model, cfg, device, train_batches, teacher)
+    net = distributed.wrap(model, device, graphed=cfg.cuda_graph)  # DDP with several processes, else the model itself
+    step = make_step(net, cfg, device, train_batches, teacher)
     forward = torch.compile(model) if cfg.compile and device.type == "cuda" else model  # for evaluation
     run = ckpt_io.TrainingRun(Path(checkpoint_dir) if checkpoint_dir else None, model, cfg, data, step, train_batches,
                               device, teacher)
     result = TrainResult(epochs=cfg.epochs, checkpoint_dir=run.directory)
     if resume:
         run.resume(result)
-    log = EpochLog(cfg, spe, result, show_progress_bar() if progress is None else progress)
+    log = EpochLog(cfg, spe, result, (show_progress_bar() if progress is None else progress) and distributed.is_main())
     pace = Pace(spe, cfg)
     while (epoch := len(result.history)) < result.epochs:  # (a budget fixes result.epochs after the first epoch)
         planned = cfg.replace(epochs=result.epochs, budget_minutes=None)  # the schedule runs over the chosen length
@@ -162,7 +196,7 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
             pace.tick(i, device)
             log.bar.update(1)
         seconds = pace.stop(device)
-        loss_sum, correct = step.totals.tolist()
+        loss_sum, correct = distributed.all_reduce_sum(step.totals.clone()).tolist()  # (all ranks' shares)
         train_loss = loss_sum / (spe * cfg.batch_size)
         if not (math.isfinite(train_loss) and all(bool(p.isfinite().all()) for p in model.parameters())):
             log.close()
@@ -170,13 +204,13 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
                                      f"(loss {train_loss}); stopped before writing anything, so {run.kept()}. "
                                      f"Lower the learning rate (now {cfg.lr}), keep grad_clip on, or use precision='fp32'.")
         t1 = time.perf_counter()
-        val_loss, val_acc = evaluate(forward, val_batches, device, cfg.precision)
+        val_loss, val_acc = evaluate(forward, val_batches, device, cfg.precision, across_ranks=True)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / (spe * cfg.batch_size),
                   "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": seconds,
                   "eval_seconds": time.perf_counter() - t1, "images_per_s": spe * cfg.batch_size / seconds}
         improved = result.add(record)
         if epoch == 0 and cfg.budget_minutes:
-            result.epochs = pace.fit_budget(result, log)
+            result.epochs = distributed.broadcast_int(pace.fit_budget(result, log))  # rank 0's clock decides
         log.epoch(record)
         run.save(result, improved, (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == result.epochs)
         if on_epoch_end is not None:
@@ -295,3 +329,9 @@ class Pace:
         log.write(f"budget {self.cfg.budget_minutes:g} min: {self.images_per_s():,.0f} images/s once compiled, the first "
                   f"epoch took {first:.0f} s -> {epochs} epochs (about {(first + self.estimate(epochs - 1)) / 60:.1f} min)")
         return epochs
+
+
+if __name__ == "__main__":  # python -m vit_helpers.train: the command line lives in vit_helpers.cli
+    from vit_helpers.cli import main
+
+    raise SystemExit(main())
