@@ -48,9 +48,11 @@ class _Parser(argparse.ArgumentParser):
         _fail(message)
 
 
-def _fail(message: str, status: int = 2) -> typing.NoReturn:
-    for line in str(message).strip().splitlines() or [""]:
-        print(f"{PROG}: error: {line.strip()}", file=sys.stderr)
+def _fail(message: str, status: int = 2, each_line: bool = False) -> typing.NoReturn:
+    """Print `message` (each_line: one problem per line, each an error line of its own) and exit with `status`."""
+    lines = str(message).strip().splitlines() or [""]
+    for i, line in enumerate(lines):
+        print(f"{PROG}: error: {line.strip()}" if each_line or i == 0 else f"  {line.strip()}", file=sys.stderr)
     raise SystemExit(status)
 
 
@@ -95,8 +97,8 @@ def _describe(tp) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join("None" if a is type(None) else _describe(a) for a in args)
     if origin is tuple:
-        inner = _describe(args[0]) if args else "value"
-        return f"comma-separated {inner}s" + ("" if args and args[-1] is Ellipsis else f" ({len(args)} of them)")
+        plural = {bool: "true/false values", int: "integers", float: "numbers", str: "words"}.get(args[0] if args else None, "values")
+        return f"comma-separated {plural}" + ("" if args and args[-1] is Ellipsis else f" ({len(args)} of them)")
     return {bool: "true or false", int: "an integer", float: "a number", str: "a word"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -192,10 +194,10 @@ def resolve(a: argparse.Namespace) -> tuple[ModelArgs | CNNArgs, TrainConfig]:
     return args, cfg
 
 
-def _with_classes(args, n_classes: int):
+def _with_classes(args, n_classes: int, who: str = "the model"):
     """The model config with one output per class of the data (the recipes are written for CIFAR-10's 10)."""
     if args.n_classes != n_classes:
-        print(f"the data has {n_classes} classes: the model gets {n_classes} outputs (the recipe says {args.n_classes})")
+        print(f"the data has {n_classes} classes: {who} gets {n_classes} outputs (the recipe says {args.n_classes})")
         return args.replace(n_classes=n_classes)
     return args
 
@@ -225,8 +227,13 @@ def _test_accuracy(model: torch.nn.Module, data, cfg: TrainConfig, device: torch
     return evaluate(model, test, device, cfg.precision, across_ranks=True)[1]
 
 
-def _train_teacher(a, data, device: torch.device, n_classes: int, checkpoint_dir: Path) -> dict:
-    """The distilled recipe's teacher: loaded from --teacher-checkpoint, or trained (once) with its own recipe."""
+# The teacher trains on the student's split of the data: it must never have seen the student's validation images.
+SPLIT_FIELDS = ("val_size", "seed", "train_subset")
+
+
+def _train_teacher(a, cfg: TrainConfig, data, device: torch.device, n_classes: int, checkpoint_dir: Path) -> dict:
+    """The distilled recipe's teacher: loaded from --teacher-checkpoint, or trained (once) with its own recipe on the
+    student's split (SPLIT_FIELDS follow the student's config)."""
     from .cnn import build_model
     from .train import load_or_train
 
@@ -235,8 +242,9 @@ def _train_teacher(a, data, device: torch.device, n_classes: int, checkpoint_dir
         return {"model": _load_teacher(a.teacher_checkpoint, device), "checkpoint": str(a.teacher_checkpoint)}
     name = TEACHER_RECIPES[a.recipe]
     targs, tcfg = recipe(name)
+    tcfg = tcfg.replace(**{k: getattr(cfg, k) for k in SPLIT_FIELDS})
     distributed.check_batch_size(tcfg.batch_size)
-    targs = _with_classes(targs, n_classes)
+    targs = _with_classes(targs, n_classes, "the teacher")
     torch.manual_seed(tcfg.seed)
     teacher = build_model(targs)
     print(f"teacher: the {name!r} recipe, in {_where(checkpoint_dir / 'teacher')}")
@@ -274,14 +282,17 @@ def run(a: argparse.Namespace, args, cfg: TrainConfig, setup: distributed.Setup)
         raise UsageError(f"--resume, but {_where(checkpoint_dir)} holds no last.pt: leave out --resume to start the run")
     if not distributed.is_main():
         distributed.barrier()  # rank 0 decodes the images (and caches them) first; the others then read the cache
-    data = load_cifar10(a.data)
+    try:
+        data = load_cifar10(a.data)
+    except (RuntimeError, OSError, ValueError) as e:  # no data, a bad folder, unreadable images: the message says what to do
+        _fail(str(e), status=1)
     if distributed.is_main():
         distributed.barrier()
     print(f"{a.recipe}: {data!r}; {setup.world_size} process(es) on {device.type}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     n_classes = len(data.classes)
     args = _with_classes(args, n_classes)
-    teacher = _train_teacher(a, data, device, n_classes, checkpoint_dir) if cfg.distill != "none" else None
+    teacher = _train_teacher(a, cfg, data, device, n_classes, checkpoint_dir) if cfg.distill != "none" else None
 
     def stop(record: dict) -> None:
         if a.stop_after is not None and record["epoch"] == a.stop_after and record["epoch"] < cfg.epochs:
@@ -327,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, cfg = resolve(a)
     except UsageError as e:
-        _fail(str(e))
+        _fail(str(e), each_line=True)
     setup = distributed.setup()
     try:
         return run(a, args, cfg, setup)
