@@ -165,3 +165,26 @@ def test_a_leftover_autograd_graph_gives_a_clear_recording_error(tiny_args):
                                                                torch.zeros(4, dtype=torch.long, device="cuda"))
     with pytest.raises(RuntimeError, match="torch.no_grad"):
         train(model, synthetic_data(), cfg, progress=False)
+
+
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+
+
+@two_gpus
+@pytest.mark.parametrize("graphed", [True, False], ids=["graphed", "compiled_eager"])
+def test_ddp_on_two_gpus_trains_like_one_gpu_and_resumes(tmp_path, graphed):
+    """torchrun on 2 GPUs (NCCL): the whole-step CUDA graph with DDP's all-reduce recorded inside it, or the compiled
+    eager step under DDP (the fallback), stopped after an epoch and resumed, ends with the weights of one GPU's run."""
+    from test_cli import tiny_args, write_image_folder
+    from test_distributed import launch, ok
+
+    args = tiny_args(write_image_folder(tmp_path / "images")) + ["--set", f"cuda_graph={graphed}", "--set", f"compile={not graphed}"]
+    two = args + ["--checkpoint-dir", str(tmp_path / "two")]
+    ok(launch(two + ["--stop-after", "1"], 2, tmp_path, cpu=False))
+    ok(launch(two + ["--resume"], 2, tmp_path, cpu=False))
+    ok(launch(args + ["--checkpoint-dir", str(tmp_path / "one")], None, tmp_path, cpu=False))
+    a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    assert b["world_size"] == 2 and b["epoch"] == 3
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], atol=2e-4, rtol=1e-3, msg=k)
