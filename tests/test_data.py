@@ -401,3 +401,21 @@ def test_cache_that_cannot_be_written_only_warns(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="could not write the decode cache.*No space left"):
         d = D.load_cifar10(root)  # the decode is not lost to a full disk
     assert d.classes == ("cat", "dog") and len(d.train_x) == 6
+
+
+def test_ranks_take_their_share_of_one_global_batch():
+    """Several processes: each rank's batches are its slice of the one seeded global batch (same order, same draws)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8, generator=g), torch.randint(0, 10, (100,), generator=g)
+    kw = dict(shuffle=True, drop_last=True, policy="crop_flip", mix_prob=0.5, seed=3)
+    whole = list(D.GPUBatches(x, y, 20, **kw).plan())
+    shares = [list(D.GPUBatches(x, y, 20, rank=r, world_size=4, **kw).plan()) for r in range(4)]
+    assert all(len(s) == len(whole) == 5 for s in shares)
+    for i, (idx, u, mix) in enumerate(whole):
+        assert torch.equal(torch.cat([s[i][0] for s in shares]), idx)
+        assert torch.equal(torch.cat([s[i][1] for s in shares]), u)
+        assert all(torch.equal(s[i][2], mix) for s in shares)
+    with pytest.raises(ValueError, match="must divide evenly among world_size=3"):
+        D.GPUBatches(x, y, 20, rank=0, world_size=3, **kw)
+    with pytest.raises(ValueError, match="need drop_last=True"):
+        D.GPUBatches(x, y, 20, rank=0, world_size=2)

@@ -154,10 +154,16 @@ def test_flops_count_matches_a_hand_count_for_the_article():
     (torch.randn(3, 32, 32), ValueError, "3-D tensor"),
     (torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), TypeError, "floating-point"),
     (torch.randint(0, 255, (2, 3, 32, 32)), TypeError, "floating-point"),
+    (torch.randn(2, 3, 32, 32, dtype=torch.float64), TypeError, "got dtype torch.float64; convert them with x.float()"),
 ])
 def test_bad_model_input(x, err, match):
     with pytest.raises(err, match=match):
         VisionTransformer(ModelArgs(n_layers=1))(x)
+
+
+def test_a_float64_model_takes_float64_images():
+    model = VisionTransformer(ModelArgs(n_layers=1)).double()
+    assert model(torch.randn(2, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
 
 
 def test_bad_patching_input():

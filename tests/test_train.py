@@ -8,7 +8,7 @@ import torch
 from conftest import synthetic_data
 from vit_helpers import VisionTransformer
 from vit_helpers import checkpoint as C
-from vit_helpers.train import NonFiniteLossError, TrainConfig, evaluate, lr_at, param_groups, recipe, train
+from vit_helpers.train import NonFiniteLossError, TrainConfig, evaluate, lr_at, param_groups, predict, recipe, train
 
 CFG = TrainConfig(epochs=3, batch_size=32, optimizer="adamw", lr=3e-3, weight_decay=0.05, schedule="cosine",
                   warmup_epochs=1, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="crop_flip",
@@ -352,3 +352,17 @@ def test_the_log_is_a_compact_table(tiny_args, capsys):
     lines = captured.out.strip().splitlines()
     assert lines[0].split() == ["epoch", "train", "loss", "train", "acc", "val", "loss", "val", "acc", "lr", "img/s", "time"]
     assert [l.split()[0] for l in lines[1:]] == ["1/9", "4/9", "8/9", "9/9"]
+
+
+def test_predict_takes_uint8_or_float_images_in_0_1_and_refuses_other_ranges(tiny_args):
+    model = VisionTransformer(tiny_args)
+    x = synthetic_data(n_train=8, n_test=8).test_x  # uint8 (8, 3, 16, 16)
+    want = predict(model, x)
+    torch.testing.assert_close(predict(model, x.float() / 255), want)  # e.g. torchvision's ToTensor
+    torch.testing.assert_close(predict(model, x.double() / 255), want, atol=1e-5, rtol=1e-5)  # float64 is converted
+    with pytest.raises(ValueError, match=r"range over \[0, 25\d\]. Pass 0..255 values as uint8"):
+        predict(model, x.float())  # 0..255 as floats: dividing again would give nonsense, so it is refused
+    with pytest.raises(ValueError, match="already normalised, call model"):
+        predict(model, torch.randn(4, 3, 16, 16))
+    with pytest.raises(TypeError, match="got dtype torch.int64"):
+        predict(model, x.long())
