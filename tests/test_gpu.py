@@ -171,14 +171,15 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUD
 
 
 @two_gpus
-@pytest.mark.parametrize("graphed", [True, False], ids=["graphed", "compiled_eager"])
-def test_ddp_on_two_gpus_trains_like_one_gpu_and_resumes(tmp_path, graphed):
+@pytest.mark.parametrize("graphed, compiled", [(True, False), (True, True), (False, True)],
+                         ids=["graphed", "graphed_compiled", "compiled_eager"])
+def test_ddp_on_two_gpus_trains_like_one_gpu_and_resumes(tmp_path, graphed, compiled):
     """torchrun on 2 GPUs (NCCL): the whole-step CUDA graph with DDP's all-reduce recorded inside it, or the compiled
     eager step under DDP (the fallback), stopped after an epoch and resumed, ends with the weights of one GPU's run."""
     from test_cli import tiny_args, write_image_folder
     from test_distributed import launch, ok
 
-    args = tiny_args(write_image_folder(tmp_path / "images")) + ["--set", f"cuda_graph={graphed}", "--set", f"compile={not graphed}"]
+    args = tiny_args(write_image_folder(tmp_path / "images")) + ["--set", f"cuda_graph={graphed}", "--set", f"compile={compiled}"]
     two = args + ["--checkpoint-dir", str(tmp_path / "two")]
     ok(launch(two + ["--stop-after", "1"], 2, tmp_path, cpu=False))
     ok(launch(two + ["--resume"], 2, tmp_path, cpu=False))
