@@ -1,7 +1,7 @@
 """Several GPUs: images/s of the fast recipe on 1 and on N GPUs at the same global batch, and the distilled recipe on
 N GPUs (its time to 90% validation accuracy and its test accuracy). Writes release/ddp.json and prints a table.
 
-On a machine with 2 GPUs (one command, about 7 minutes on H200s):
+On a machine with 2 GPUs (one command, about 6 to 8 minutes on H200s; CIFAR-10 from $VIT_DATA_DIR or --data DIR):
     python benchmarks/ddp_speed.py
 On a CPU, to check the script end to end (gloo, a tiny model on a synthetic image folder, about a minute):
     python benchmarks/ddp_speed.py --tiny --out /tmp/ddp.json
@@ -148,10 +148,12 @@ def tiny_folder(root: Path) -> Path:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpus", type=int, default=2, help="GPUs of the multi-GPU rows (default 2)")
-    p.add_argument("--epochs", type=int, default=12, help="epochs of each fast-recipe run (the first compiles; default 12)")
+    p.add_argument("--epochs", type=int, default=8, help="epochs of each fast-recipe run (the first compiles; default 8)")
     p.add_argument("--eager-on-1", action="store_true", help="also measure the compiled eager step on 1 GPU")
     p.add_argument("--no-distilled", action="store_true", help="skip the distilled recipe's full run")
     p.add_argument("--out", type=Path, default=ROOT / "release" / "ddp.json", help="where the JSON goes (default release/ddp.json)")
+    p.add_argument("--data", type=Path, default=None, help="a folder-per-class CIFAR-10 copy (default: $VIT_DATA_DIR, "
+                   "else torchvision's download)")
     p.add_argument("--tiny", action="store_true", help="on the CPU with gloo: a tiny model on a synthetic folder (checks the script)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and their environment, run nothing")
     a = p.parse_args(argv)
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
     command_line = "python benchmarks/ddp_speed.py" + (f" {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     with tempfile.TemporaryDirectory(prefix="ddp_speed_") as tmp:
         work = Path(tmp)
-        data = tiny_folder(work / "images") if a.tiny else None
+        data = tiny_folder(work / "images") if a.tiny else a.data
         env = environment(a.tiny)
         if a.dry_run:
             print(" ".join(f"{k}={v}" for k, v in NCCL_ENV.items()))
