@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     command_line = "python benchmarks/ddp_speed.py" + (f" {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     with tempfile.TemporaryDirectory(prefix="ddp_speed_") as tmp:
         work = Path(tmp)
-        data = tiny_folder(work / "images") if a.tiny else a.data
+        data = tiny_folder(work / "images") if a.tiny else (a.data.resolve() if a.data else None)
         env = environment(a.tiny)
         if a.dry_run:
             print(" ".join(f"{k}={v}" for k, v in NCCL_ENV.items()))
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
         outs, t0 = {}, time.perf_counter()
         for r in runs:
             print(f"== {r['name']} ({time.perf_counter() - t0:.0f} s so far): {' '.join(command(r, work, data)[3:])}", flush=True)
-            done = subprocess.run(command(r, work, data), env=env, cwd=work)
+            done = subprocess.run(command(r, work, data), env=env, cwd=ROOT)  # relative paths mean what they do here
             if done.returncode != 0:
                 print(f"ddp_speed: {r['name']} failed (exit status {done.returncode}); see its output above", file=sys.stderr)
                 return 1
