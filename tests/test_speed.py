@@ -2,6 +2,7 @@
 JSON round-trips, and bad input gets a clear error."""
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -106,3 +107,20 @@ def test_the_ladder_refuses_bad_numbers_and_bad_files(tmp_path):
     bad.write_text(json.dumps(d))
     with pytest.raises(ValueError, match="images_per_s"):
         speed.SpeedLadder.load(bad)
+
+
+def test_the_release_takes_only_a_ladder_this_run_wrote_on_its_gpu(tmp_path, monkeypatch):
+    from test_benchmark import run_series_module
+
+    run_series = run_series_module()
+    monkeypatch.setenv("VIT_OUTPUT_DIR", str(tmp_path))
+    started = time.time()
+    with pytest.raises(SystemExit, match="did not write"):
+        run_series.check_speed_ladder({"gpu": "cpu"}, started)
+    lad = ladder()
+    lad.save(tmp_path / "speed_ladder.json")
+    with pytest.raises(SystemExit, match="measured on"):
+        run_series.check_speed_ladder({"gpu": "another GPU"}, started - 1)
+    assert run_series.check_speed_ladder({"gpu": lad.gpu}, started - 1)["rows"] == 2
+    with pytest.raises(SystemExit, match="did not write"):  # a file older than the notebook's run
+        run_series.check_speed_ladder({"gpu": lad.gpu}, time.time() + 60)

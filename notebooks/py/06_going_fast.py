@@ -82,7 +82,7 @@ print("speed settings of the recipe:", {k: getattr(cfg, k) for k in ("pipeline",
 # ways; `torch.cuda.synchronize()` waits until the queue is empty:
 
 # %%
-a = torch.randn(4096, 4096, device=device)
+a = torch.randn(4096, 4096, device=device) if GPU else torch.randn(1024, 1024)  # a CPU is slower: a smaller one
 speed.synchronize(device)
 t0 = time.perf_counter()
 b = a @ a
@@ -168,11 +168,14 @@ for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.repl
                                   steps=10 if GPU else 4, warmup=2, device=device)
     print(f"{name}: {ips:,.0f} images/s made, before any model runs")
     del batches, it
+print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} images/s")
 
 # %% [markdown]
-# The PIL pipeline caps training at its own rate, however fast the model runs, and it competes with
-# the training process for the CPU; the tensor pipeline makes images far faster than the model can
-# consume them on a GPU. From here on, every rung uses it.
+# An input pipeline slower than the training step caps training at its own rate, however fast the
+# model runs; the PIL pipeline also competes with the training process for the CPU. On a GPU the tensor
+# pipeline stays ahead of every rung below, and since the GPU makes the batches, no CPU core is spent on
+# them. On a CPU both pipelines share the same two cores with the model. From here on, every rung uses
+# the tensor pipeline.
 #
 # ## Rung 3: bf16 autocast
 # A float32 number takes 4 bytes. **bfloat16** (bf16) takes 2: it keeps float32's 8 exponent bits, so
@@ -214,8 +217,9 @@ profiled = bf16_step if GPU else eager_step
 prof = speed.profile_step(profiled, device=device, steps=3)
 step_ms = 1e3 * ladder.batch_size / ladder.rows[-1]["images_per_s"]  # the last rung, timed without the profiler
 what = "kernels" if GPU else "operators"
-print(f"{ladder.rows[-1]['step']}: {prof.items:,} {what} per step, busy {prof.busy_ms:.1f} ms of a {step_ms:.1f} ms step "
-      f"({prof.busy_ms / step_ms:.0%}): {'launch-bound: the device waits for the CPU' if prof.busy_ms < 0.6 * step_ms else 'the device is busy most of the step'}")
+share = prof.busy_ms / prof.wall_ms  # both from the profiled steps
+print(f"{ladder.rows[-1]['step']}: {prof.items:,} {what} per step; busy {prof.busy_ms:.1f} ms of {prof.wall_ms:.1f} ms under the "
+      f"profiler ({share:.0%}; {step_ms:.1f} ms without it): {'launch-bound, the device waits' if share < 0.6 else 'the device is busy most of the step'}")
 print(prof.table(rows=8))
 
 # %% [markdown]
@@ -283,7 +287,8 @@ train_flops = speed.train_flops_per_image(args)
 print(f"forward {vh.flops_per_image(args) / 1e9:.3f} GFLOP per image; a training image {train_flops / 1e9:.3f} GFLOP")
 N, DTYPE = (8192, torch.bfloat16) if GPU else (1024, torch.float32)
 peak = speed.matmul_tflops(N, N, N, device=device, dtype=DTYPE)
-print(f"measured matrix-multiply rate: {peak:,.1f} TFLOP/s ({N}x{N} by {N}x{N}, {DTYPE}, median of 10)")
+tflops = lambda t: f"{t:,.0f}" if t >= 10 else f"{t:.3f}"  # a CPU does a few hundredths of a TFLOP/s
+print(f"measured matrix-multiply rate: {tflops(peak)} TFLOP/s ({N}x{N} by {N}x{N}, {DTYPE}, median of 10)")
 ladder.train_flops_per_image, ladder.matmul_tflops = train_flops, peak
 
 # %% [markdown]
@@ -339,7 +344,7 @@ print(f"{'m x k x n':>22}  {'TFLOP/s':>8}  {'FLOP per byte':>13}")
 for m, k, n in [(N, N, N), (tokens, D, D), (tokens, D, args.hidden_dim), (tokens, args.hidden_dim, D)]:
     rate = speed.matmul_tflops(m, k, n, device=device, dtype=DTYPE)
     intensity = 2 * m * k * n / (size * (m * k + k * n + m * n))
-    print(f"{f'{m} x {k} x {n}':>22}  {rate:8.1f}  {intensity:13.0f}")
+    print(f"{f'{m} x {k} x {n}':>22}  {tflops(rate):>8}  {intensity:13.0f}")
 bandwidth = speed.copy_gbps(device=device)
 print(f"memory bandwidth (a copy, measured): {bandwidth:,.0f} GB/s; the peak rate needs {peak * 1e12 / (bandwidth * 1e9):.0f} FLOPs per byte moved")
 
@@ -463,7 +468,19 @@ else:
 #     print(f"batch {bs:3d}: {ips:6,.0f} images/s, {bs / ips * 1e3:6.1f} ms per step")
 # ```
 #
-# SOLUTION1_RESULT
+# In quick mode on the 2-core CPU of our development machine (shared with other jobs while it ran, so
+# every number is low; yours will differ, the trend should not):
+#
+# ```text
+# batch  16:     13 images/s, 1203.5 ms per step
+# batch  64:     24 images/s, 2689.0 ms per step
+# batch 256:     61 images/s, 4191.7 ms per step
+# ```
+#
+# Images per second grow with the batch although the arithmetic per image is the same: every step has a
+# fixed cost (Python, dispatching about 1,200 operators, the AdamW update of every weight), shared by
+# more images in a big batch, and bigger matrices compute more efficiently (exercise 2). On a GPU the
+# fixed cost is the kernel launches, and the effect is far larger: that is the step from rung 1 to rung 2.
 #
 # </details>
 #
@@ -486,7 +503,20 @@ else:
 #     print(f"D = {D:4d}: {m:6d} x {D} x {D}  {speed.matmul_tflops(m, D, D, reps=5) * 1e3:7.1f} GFLOP/s")
 # ```
 #
-# SOLUTION2_RESULT
+# In quick mode on the same shared 2-core CPU:
+#
+# ```text
+# D =   16: 1048576 x 16 x 16      2.8 GFLOP/s
+# D =   32: 262144 x 32 x 32      6.2 GFLOP/s
+# D =   64:  65536 x 64 x 64     15.5 GFLOP/s
+# D =  256:   4096 x 256 x 256     13.7 GFLOP/s
+# D = 1024:    256 x 1024 x 1024     14.3 GFLOP/s
+# ```
+#
+# The same number of FLOPs runs five times slower at D = 16 than at D = 64 and above: a narrow multiply
+# reads and writes more bytes per FLOP, and the CPU waits for memory. The CPU reaches its (low) peak at
+# D = 64, because it needs only a few FLOPs per byte; a GPU needs hundreds, so the same drop sets in at
+# much wider matrices, which is why the section above finds the article's D = 256 far from the peak.
 #
 # </details>
 #
@@ -518,6 +548,14 @@ else:
 # pace.fit_budget(SimpleNamespace(history=[{"seconds": first, "eval_seconds": 0.0}]), SimpleNamespace(write=print))
 # ```
 #
-# SOLUTION3_RESULT
+# In quick mode (the arithmetic does not depend on the machine):
+#
+# ```text
+# by hand: 73 epochs (7.70 s each after the first)
+# budget 10 min: 6,000 images/s once compiled, the first epoch took 45 s -> 73 epochs (about 10.0 min)
+# ```
+#
+# The first epoch takes 45 s, leaving 555 s for epochs of 7.70 s each: 72 more, 73 in all. Pace makes the
+# same choice, and the cosine schedule is then laid over 73 epochs instead of 420.
 #
 # </details>
