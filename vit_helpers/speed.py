@@ -158,7 +158,7 @@ def profile_step(step: Callable[[], object], *, device: torch.device | str = "cp
         wall = time.perf_counter() - t0
     events = prof.events()
     if gpu:
-        items = [(e.name, e.device_time) for e in events if e.device_type == DeviceType.CUDA]
+        items = [(e.name, e.time_range.elapsed_us()) for e in events if e.device_type == DeviceType.CUDA]
     else:  # operators not called by another operator (forward, backward and optimizer); their time includes their children's
         top_level = lambda e: e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")
         items = [(e.name, e.cpu_time) for e in events if e.name.startswith("aten::") and top_level(e)]

@@ -152,7 +152,7 @@ _ = measure("the article's setup: PIL in a DataLoader, batch 16, fp32, eager", a
 
 # %%
 eager_cfg = cfg.replace(precision="fp32", compile=False, cuda_graph=False)
-where = "the GPU" if GPU else "the CPU, as tensors"
+where = "the GPU" if GPU else "the CPU (the same tensor code)"
 eager_step = measure(f"batch {cfg.batch_size}, augmentation on {where}, fp32, eager", eager_cfg)
 
 # %% [markdown]
@@ -161,7 +161,7 @@ eager_step = measure(f"batch {cfg.batch_size}, augmentation on {where}, fp32, ea
 # tensor pipeline:
 
 # %%
-for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.replace(batch_size=cfg.batch_size)), (f"tensors on {where}", eager_cfg)]:
+for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.replace(batch_size=cfg.batch_size)), (f"the tensor pipeline on the {device.type.upper()}", eager_cfg)]:
     batches, _, _ = make_batches(data, pipe_cfg, device, args.n_classes)
     it = iter(batches)
     ips = speed.images_per_second(lambda: [t.to(device, non_blocking=True) for t in next(it)], cfg.batch_size,
@@ -368,43 +368,49 @@ print(inspect.getsource(Pace.estimate))
 print(inspect.getsource(Pace.fit_budget))
 
 # %% [markdown]
-# The same arithmetic by hand. On a GPU with the speed measured above; on a CPU with the release's GPU
-# ladder when there is one. For a Colab T4 we have no measurement, so the cell *estimates* its speed by
+# The same arithmetic by hand: this run's fastest rung with this mode's recipe, and, from the GPU ladder
+# (this run's on a GPU, the release's on a CPU when there is one), the fast recipe on that GPU and on a
+# Colab T4. For the T4 we have no measurement, so the cell *estimates* its speed by
 # scaling with the ratio of matrix-multiply rates (its datasheet peak, 65 TFLOP/s in float16, against the
-# rate measured here): optimistic, since a T4 uses float16 with a `GradScaler`, which rules out the
+# rate measured on that GPU): optimistic, since a T4 uses float16 with a `GradScaler`, which rules out the
 # whole-step graph, and rarely reaches its datasheet peak.
 
 # %%
 T4_PEAK_TFLOPS = 65.0  # NVIDIA's datasheet: T4, float16 on tensor cores (a peak, not a measurement)
-ref = ladder if GPU else release_ladder
-if ref is None:
-    print("no GPU measurement here and no release ladder: nothing to scale from")
-else:
-    _, fast = recipe("fast")
-    spe = 45_000 // fast.batch_size  # full batches per epoch
-    gpu_ips = ref.rows[-1]["images_per_s"]
-    t4_ips = gpu_ips * T4_PEAK_TFLOPS / ref.matmul_tflops
-    epoch_s = lambda ips: (spe * fast.batch_size + fast.val_size / 3) / ips  # training, plus evaluation at a third of the cost
-    for name, ips in [(f"{ref.gpu} (measured, {ref.date})", gpu_ips), ("Colab T4 (estimate)", t4_ips)]:
-        print(f"{name}: {ips:,.0f} images/s -> {epoch_s(ips):.1f} s per epoch, {fast.epochs} epochs in {fast.epochs * epoch_s(ips) / 60:.0f} min")
+_, fast = recipe("fast")
+
+
+def epoch_seconds(ips, c):
+    """One epoch of config c at ips images/s: its full batches, plus evaluation at a third of a step's cost."""
+    spe = (c.train_subset or len(data.train_x) - c.val_size) // c.batch_size
+    return (spe * c.batch_size + c.val_size / 3) / ips
+
+
+rows = [(f"{ladder.gpu}, {runtime.RECIPE} recipe (measured in this run)", ladder.rows[-1]["images_per_s"], cfg)]
+gpu = ladder if GPU else release_ladder
+if not GPU and gpu is not None:
+    rows.append((f"{gpu.gpu}, fast recipe (the release, {gpu.date})", gpu.rows[-1]["images_per_s"], fast))
+if gpu is not None and gpu.matmul_tflops:
+    rows.append(("Colab T4, fast recipe (an estimate, not measured)", gpu.rows[-1]["images_per_s"] * T4_PEAK_TFLOPS / gpu.matmul_tflops, fast))
+for name, ips, c in rows:
+    print(f"{name}: {ips:,.0f} images/s -> {epoch_seconds(ips, c):.1f} s per epoch, {c.epochs} epochs in {c.epochs * epoch_seconds(ips, c) / 60:.1f} min")
 
 # %% [markdown]
-# With `budget_minutes=12` on the T4 estimate, and a first epoch that also compiles (we assume 40 s of
-# compiling and recording, about what a cold start costs on an H100): the epochs that fit, by hand, and
-# what `Pace.fit_budget` chooses when its clock readings say the same:
+# Now a budget, for the last line above: `budget_minutes=12` for the T4 estimate (or, on a CPU without
+# a release record, 5 minutes of this machine's recipe), with a first epoch that also compiles (on a GPU
+# we assume 30 s: compiling costs about that much of the first epoch on an H100, `benchmarks/NOTES.md`).
+# The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its clock readings say the same:
 
 # %%
-if ref is None:
-    print("skipped: no GPU speed to start from (see above)")
-else:
-    budget, compile_s = 12, 40.0
-    first = epoch_s(t4_ips) + compile_s
-    by_hand = max(1, min(fast.epochs, 1 + int((60 * budget - first) / epoch_s(t4_ips))))
-    pace = Pace(spe, fast.replace(budget_minutes=budget))
-    pace.marks = {pace.a: 0.0, pace.b: (pace.b - pace.a) * fast.batch_size / t4_ips}  # as if its clock had measured t4_ips
-    result = SimpleNamespace(history=[{"seconds": first - fast.val_size / 3 / t4_ips, "eval_seconds": fast.val_size / 3 / t4_ips}])
-    chosen = pace.fit_budget(result, SimpleNamespace(write=print))
-    print(f"by hand: {by_hand} epochs; Pace: {chosen} epochs (of the recipe's {fast.epochs})")
+name, ips, c = rows[-1]
+budget, compile_s = (12, 30.0) if c is fast else (5, 0.0)
+first, per_epoch = epoch_seconds(ips, c) + compile_s, epoch_seconds(ips, c)
+by_hand = max(1, min(c.epochs, 1 + int((60 * budget - first) / per_epoch)))
+pace = Pace((c.train_subset or len(data.train_x) - c.val_size) // c.batch_size, c.replace(budget_minutes=budget))
+pace.marks = {pace.a: 0.0, pace.b: (pace.b - pace.a) * c.batch_size / ips}  # as if its clock had measured ips
+eval_s = c.val_size / 3 / ips
+chosen = pace.fit_budget(SimpleNamespace(history=[{"seconds": first - eval_s, "eval_seconds": eval_s}]), SimpleNamespace(write=print))
+print(f"{name}, {budget} minutes: {by_hand} epochs by hand, {chosen} chosen by Pace (of the recipe's {c.epochs})")
 
 # %% [markdown]
 # A slower GPU gets fewer epochs of the same recipe, not a longer wait; expect lower accuracy from the
@@ -430,10 +436,13 @@ if not ddp_file.is_file():
     print("release/ddp.json is not there: training on several GPUs has not been measured in a release yet")
 else:
     ddp = json.loads(ddp_file.read_text())
-    print(f"measured on {ddp['n_gpus']} x {ddp['gpu']}, {ddp['date']} (torch {ddp['torch']}), global batch {ddp['global_batch']}: {ddp['command']}")
+    print(f"measured on {ddp['n_gpus']} x {ddp['gpu']}, {ddp['date']} (torch {ddp['torch']}), global batch {ddp['global_batch']}:")
     for row in ddp["rows"]:
-        print(f"  {row['gpus']} GPU{'s' if row['gpus'] > 1 else ' '}: {row['images_per_s']:>9,.0f} images/s  ({row['step']})")
-    print(f"scaling: {ddp['scaling']}")
+        print(f"  {row['gpus']} GPU{'s' if row['gpus'] > 1 else ' '}, {row['step']} step: {row['images_per_s']:>9,.0f} images/s")
+    print(f"scaling: {ddp['scaling']:.2f}x with {ddp['n_gpus']} GPUs over 1 ({ddp['rows'][0]['step']} step)")
+    if ddp.get("distilled"):
+        d = ddp["distilled"]
+        print(f"distilled recipe on {d['gpus']} GPUs: {d['test_acc']:.2%} test accuracy in {d['seconds_total']:.1f} s, teacher included")
 
 # %% [markdown]
 # Where N GPUs give less than N times the speed, two costs explain it: the all-reduce of the 3.19M
