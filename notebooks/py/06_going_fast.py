@@ -4,7 +4,7 @@
 # # 06 · Going fast: the same training step, one change at a time, each one measured
 #
 # Notebook 05 trained the article's model with the `fast` recipe in a few minutes; the article's own
-# recipe needs almost two hours for its 150 epochs on the same GPU. None of that difference comes from
+# recipe needs almost two hours for its 150 epochs on an H100 (extrapolated from two of them, `benchmarks/NOTES.md`). None of that difference comes from
 # the algorithm: the step that 05 wrote by hand is the step that runs here too. This notebook starts from
 # the article's setup and makes **one change at a time** to *how* the step runs, measuring images per
 # second after each, then asks where the remaining time goes.
@@ -60,8 +60,8 @@ RELEASE = (paths.project_root() or Path.cwd()) / "release"  # the release record
 # Everything below trains the model and data of this mode's recipe: on a GPU the `fast` recipe (the
 # article's architecture, batch 512, the 45,000 training images), on a CPU the `quick` recipe (a small
 # model on 10,000 images, batch 128). The measure is **training images per second**: optimizer steps on
-# real, augmented batches, evaluation left out. Six fields of the recipe decide how fast a step runs; the
-# ladder below turns them on one at a time:
+# real, augmented batches, evaluation left out. A few fields of the recipe decide how fast a step runs;
+# the ladder below starts from the article's settings and changes them one rung at a time:
 
 # %%
 args, cfg = recipe(runtime.RECIPE)
@@ -138,7 +138,7 @@ def measure(name, rung_cfg, steps=STEPS, warmup=WARMUP):
 # %%
 article_cfg = cfg.replace(batch_size=16, pipeline="classic", augment="article", mix_prob=0.0, precision="fp32",
                           compile=False, cuda_graph=False, num_workers=min(4, os.cpu_count() or 1))
-_ = measure("the article's setup: PIL in a DataLoader, batch 16, fp32, eager", article_cfg, steps=50 if GPU else 10, warmup=10 if GPU else 3)
+_ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, steps=50 if GPU else 10, warmup=10 if GPU else 3)
 
 # %% [markdown]
 # That is the starting point, in images per second of this machine.
@@ -152,8 +152,7 @@ _ = measure("the article's setup: PIL in a DataLoader, batch 16, fp32, eager", a
 
 # %%
 eager_cfg = cfg.replace(precision="fp32", compile=False, cuda_graph=False)
-where = "the GPU" if GPU else "the CPU (the same tensor code)"
-eager_step = measure(f"batch {cfg.batch_size}, augmentation on {where}, fp32, eager", eager_cfg)
+eager_step = measure(f"batch {cfg.batch_size}, augmented on the {'GPU' if GPU else 'CPU'}, fp32, eager", eager_cfg)
 
 # %% [markdown]
 # Which of the two changes matters? Timing the two input pipelines alone, without any model, at the same
@@ -270,7 +269,7 @@ print(inspect.getsource(GraphedStep.__call__))
 # %%
 if GPU:
     assert (cfg.precision, cfg.compile, cfg.cuda_graph) == ("auto", True, True)
-    graphed_step = measure("+ the whole step as one CUDA graph (the fast recipe)", cfg)
+    graphed_step = measure("+ the whole step as one CUDA graph", cfg)
 else:
     print("not measured here: CUDA graphs need a CUDA GPU")
 
@@ -301,7 +300,7 @@ ladder.train_flops_per_image, ladder.matmul_tflops = train_flops, peak
 
 # %%
 print(ladder.table())
-fig, ax = plt.subplots(figsize=(9, 0.6 + 0.55 * len(ladder.rows)))
+fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(ladder.rows)))
 ladder.plot(ax, f"measured in this run: {ladder.gpu}, {ladder.date}")
 fig.tight_layout()
 if GPU and runtime.MODE == "full":  # the release copies it into release/speed_ladder.json
@@ -309,9 +308,10 @@ if GPU and runtime.MODE == "full":  # the release copies it into release/speed_l
     print("written: outputs/speed_ladder.json")
 
 # %% [markdown]
-# Each bar is one change. The biggest jumps are the ones that remove work the CPU does per image or per
-# kernel: big batches made on the device, then fewer and finally a single launch per step. The MFU column
-# says how far even the last rung is from the hardware's matrix-multiply rate.
+# Each bar is one change. On a GPU, look for the jumps where work leaves the CPU: per image (big batches
+# made on the device) and per kernel (fewer kernels, then a single launch per step); bf16 alone helps less
+# while the step is launch-bound. The MFU column says how far even the last rung is from the hardware's
+# matrix-multiply rate.
 #
 # On a CPU only the first two rungs can run. The GPU ladder of the release (the run whose outputs are
 # stored in these notebooks, `release/speed_ladder.json`) is shown for comparison, labelled with its GPU
@@ -324,7 +324,7 @@ if release_ladder is None:
 elif not GPU:
     print(f"the release's GPU ladder ({release_ladder.gpu}, {release_ladder.date}, torch {release_ladder.torch}; not measured here):")
     print(release_ladder.table())
-    fig, ax = plt.subplots(figsize=(9, 0.6 + 0.55 * len(release_ladder.rows)))
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(release_ladder.rows)))
     release_ladder.plot(ax, f"from the release record: {release_ladder.gpu}, {release_ladder.date}")
     fig.tight_layout()
 else:
@@ -397,20 +397,20 @@ for name, ips, c in rows:
 
 # %% [markdown]
 # Now a budget, for the last line above: `budget_minutes=12` for the T4 estimate (or, on a CPU without
-# a release record, 5 minutes of this machine's recipe), with a first epoch that also compiles (on a GPU
+# a release record, half a minute of this machine's recipe), with a first epoch that also compiles (on a GPU
 # we assume 30 s: compiling costs about that much of the first epoch on an H100, `benchmarks/NOTES.md`).
 # The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its clock readings say the same:
 
 # %%
 name, ips, c = rows[-1]
-budget, compile_s = (12, 30.0) if c is fast else (5, 0.0)
+budget, compile_s = (12, 30.0) if c is fast else (0.5, 0.0)
 first, per_epoch = epoch_seconds(ips, c) + compile_s, epoch_seconds(ips, c)
 by_hand = max(1, min(c.epochs, 1 + int((60 * budget - first) / per_epoch)))
 pace = Pace((c.train_subset or len(data.train_x) - c.val_size) // c.batch_size, c.replace(budget_minutes=budget))
 pace.marks = {pace.a: 0.0, pace.b: (pace.b - pace.a) * c.batch_size / ips}  # as if its clock had measured ips
 eval_s = c.val_size / 3 / ips
 chosen = pace.fit_budget(SimpleNamespace(history=[{"seconds": first - eval_s, "eval_seconds": eval_s}]), SimpleNamespace(write=print))
-print(f"{name}, {budget} minutes: {by_hand} epochs by hand, {chosen} chosen by Pace (of the recipe's {c.epochs})")
+print(f"{name}, {budget:g} minutes: {by_hand} epochs by hand, {chosen} chosen by Pace (of the recipe's {c.epochs})")
 
 # %% [markdown]
 # A slower GPU gets fewer epochs of the same recipe, not a longer wait; expect lower accuracy from the
