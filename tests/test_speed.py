@@ -124,3 +124,26 @@ def test_the_release_takes_only_a_ladder_this_run_wrote_on_its_gpu(tmp_path, mon
     assert run_series.check_speed_ladder({"gpu": lad.gpu}, started - 1)["rows"] == 2
     with pytest.raises(SystemExit, match="did not write"):  # a file older than the notebook's run
         run_series.check_speed_ladder({"gpu": lad.gpu}, time.time() + 60)
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (notebook 06's rungs 3-5)")
+
+
+@needs_gpu
+@pytest.mark.parametrize("changes", [{"precision": "fp32"}, {"precision": "auto"}, {"precision": "auto", "compile": True},
+                                     {"precision": "auto", "compile": True, "cuda_graph": True}], ids=["fp32", "bf16", "compiled", "graphed"])
+def test_every_gpu_rung_trains_and_is_timed_and_profiled(changes):
+    cfg = tiny_cfg(**changes)
+    model = VisionTransformer(TINY32)
+    before = [p.detach().clone() for p in model.parameters()]
+    step, _ = speed.make_step_fn(model, data(), cfg, "cuda")
+    assert finite_positive(speed.images_per_second(step, cfg.batch_size, steps=3, warmup=4, device="cuda"))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    prof = speed.profile_step(step, device="cuda", steps=2)
+    assert prof.items > 0 and finite_positive(prof.busy_ms) and prof.top
+
+
+@needs_gpu
+def test_gpu_matmul_rate_and_bandwidth():
+    assert speed.matmul_tflops(2048, 2048, 2048, device="cuda", dtype=torch.bfloat16) > 1
+    assert speed.copy_gbps(2**26, device="cuda") > 10
