@@ -160,7 +160,7 @@ eager_step = measure(f"batch {cfg.batch_size}, augmented on the {'GPU' if GPU el
 # tensor pipeline:
 
 # %%
-for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.replace(batch_size=cfg.batch_size)), (f"the tensor pipeline on the {device.type.upper()}", eager_cfg)]:
+for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.replace(batch_size=cfg.batch_size)), (f"the tensor pipeline on the {'GPU' if GPU else 'CPU'}", eager_cfg)]:
     batches, _, _ = make_batches(data, pipe_cfg, device, args.n_classes)
     it = iter(batches)
     ips = speed.images_per_second(lambda: [t.to(device, non_blocking=True) for t in next(it)], cfg.batch_size,
@@ -171,10 +171,10 @@ print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} i
 
 # %% [markdown]
 # An input pipeline slower than the training step caps training at its own rate, however fast the
-# model runs; the PIL pipeline also competes with the training process for the CPU. On a GPU the tensor
-# pipeline stays ahead of every rung below, and since the GPU makes the batches, no CPU core is spent on
-# them. On a CPU both pipelines share the same two cores with the model. From here on, every rung uses
-# the tensor pipeline.
+# model runs; the PIL pipeline also takes CPU cores from the training process. On a GPU the tensor
+# pipeline costs the CPU nothing but launching its kernels, since the GPU makes the batches (in rungs 4
+# and 5 it is compiled and recorded with the step). On a CPU both pipelines share the same cores with the
+# model. From here on, every rung uses the tensor pipeline.
 #
 # ## Rung 3: bf16 autocast
 # A float32 number takes 4 bytes. **bfloat16** (bf16) takes 2: it keeps float32's 8 exponent bits, so
@@ -244,12 +244,12 @@ if GPU:
     print(f"kernels per step: {prof.items:,} eager, {compiled.items:,} compiled; busy {compiled.busy_ms:.1f} ms "
           f"of a {1e3 * cfg.batch_size / ladder.rows[-1]['images_per_s']:.1f} ms step")
 else:
-    print("not measured here: torch.compile of the step is used on a CUDA GPU in this project (compiling for a CPU takes minutes)")
+    print("not measured here: this project compiles the step only on a CUDA GPU (make_step drops compile on a CPU)")
 
 # %% [markdown]
 # ## Rung 5: the whole step as one CUDA graph
-# Even compiled, a step launches a few hundred kernels one by one from Python: the forward and backward
-# pass, the gradient clipping, the AdamW update, the batch making. A **CUDA graph** records the kernels of
+# Even compiled, a step still launches its kernels (the count above) one by one from Python: the forward
+# and backward pass, the gradient clipping, the AdamW update, the batch making. A **CUDA graph** records the kernels of
 # one step once, with their arguments and memory addresses, and then *replays* the whole recording with
 # a single launch. The CPU's work per step shrinks to copying the next batch's random draws into place.
 #
