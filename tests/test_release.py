@@ -108,3 +108,18 @@ def test_readme_quotes_the_distillation_notebook():
         acc = f"{row['test_accuracy']:.2%}"
         assert acc in stored, f"09's stored output must show {name}'s {acc} that its results file recorded"
         assert acc in readme, f"the README must quote 09's {name}: {acc}"
+
+
+def test_the_going_fast_notebook_shows_the_release_speed_ladder():
+    """06's stored ladder (its measured table in a release's full run) is release/speed_ladder.json, number for number."""
+    path = RELEASE / "speed_ladder.json"
+    if not path.is_file():
+        pytest.skip("release/speed_ladder.json does not exist yet: the next GPU release writes it (notebook 06 in full mode)")
+    from vit_helpers.speed import SpeedLadder
+
+    ladder = SpeedLadder.load(path)
+    assert ladder.gpu == manifest()["gpu"], f"the ladder was measured on {ladder.gpu}, the release on {manifest()['gpu']}"
+    stored = "".join(t for _, t in output_texts(ROOT / "notebooks" / "06_going_fast.ipynb"))
+    assert ladder.table() in stored, "06's stored output must show release/speed_ladder.json's table unchanged"
+    for row in ladder.rows:
+        assert f"{row['step']}: {row['images_per_s']:,.0f} images/s" in stored, f"06 must show the measured {row['step']!r}"

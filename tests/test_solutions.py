@@ -186,3 +186,14 @@ def test_the_checks_catch_a_failing_solution():
     failed = failures(exercises, timeout=30)
     assert len(failed) == 1 and "exercise 1" in failed[0] and "broken solution" in failed[0]
     assert not failures(split_exercises(exercises_markdown(_section(GOOD))), timeout=30)
+
+
+def test_going_fast_solutions_show_results_from_a_named_mode():
+    """06's solutions each show what they printed in a real run (a ```text block after the code) and name the mode."""
+    exercises, _ = parse_notebook(NB_DIR / "py" / "06_going_fast.py")
+    assert exercises
+    for ex in exercises:
+        body = ex.text.split(SOLUTION, 1)[1].split("</details>", 1)[0]
+        after_code = body.split("```python", 1)[1].split("```", 1)[1]  # what follows the code block
+        assert "```text" in after_code, f"06, exercise {ex.number}: its solution shows no results (a ```text block after the code)"
+        assert re.search(r"\b(quick|full) mode\b", after_code), f"06, exercise {ex.number}: name the mode its results come from"

@@ -7,8 +7,8 @@
 The release executes every notebook in place with a fresh training run (VIT_RETRAIN=1), makes notebook
 05's best checkpoint the released weights, then runs the benchmark (benchmarks/train_speed.py, the rows in
 RELEASE_BENCHMARK, one invocation) and records in release/ what the README quotes: the GPU, the date, the
-versions, each notebook's time, the results files the notebooks write (outputs/*.json) and the benchmark
-(release/benchmark.json). 05 runs first, so that 04 and 06-09 read the model this release trained. Where one
+versions, each notebook's time, the results files the notebooks write (outputs/*.json: 06's speed ladder becomes
+release/speed_ladder.json) and the benchmark (release/benchmark.json). 05 runs first, so that 04 and 06-09 read the model this release trained. Where one
 command cannot hold it all, run it in parts (--only 01 02 03 04 05 06,
 then --only 07 08 09, then --only benchmark) on the same checkout, carrying checkpoints/ between them: each
 part adds to release/, and every part must run on the same kind of GPU.
@@ -154,10 +154,26 @@ def record_release(notebook: str, seconds: float) -> None:
         checkpoint.atomic_save({**state, "made_by": f"notebook {notebook}, release on {here['gpu']} ({here['date']})"}, paths.RELEASED_WEIGHTS)
         manifest["released_weights"] = {"from": f"checkpoints/fast/best.pt of notebook {notebook}", "best_val_acc": state["best_val_acc"],
                                         "best_epoch": state["best_epoch"], "epochs": state["epochs"]}
+    if notebook.startswith("06"):
+        manifest["speed_ladder"] = check_speed_ladder(here, time.time() - seconds)
     RELEASE_DIR.mkdir(exist_ok=True)
     for results in sorted(paths.outputs_dir().glob("*.json")):  # what the notebooks measured
         shutil.copy(results, RELEASE_DIR / results.name)
     write_manifest(manifest)
+
+
+def check_speed_ladder(here: dict, started: float) -> dict:
+    """Notebook 06 measures the speed ladder and writes outputs/speed_ladder.json, which the release copies to
+    release/speed_ladder.json; refuse a file this run did not write, or one from another GPU."""
+    from vit_helpers.speed import SpeedLadder
+
+    path = paths.outputs_dir() / "speed_ladder.json"
+    if not path.is_file() or path.stat().st_mtime < started:
+        raise SystemExit(f"notebook 06 ran but did not write {path} in this run: it writes it only in full mode on a GPU")
+    ladder = SpeedLadder.load(path)
+    if ladder.gpu != here["gpu"]:
+        raise SystemExit(f"{path} was measured on {ladder.gpu}, this release runs on {here['gpu']}")
+    return {"file": "release/speed_ladder.json", "gpu": ladder.gpu, "date": ladder.date, "rows": len(ladder.rows)}
 
 
 if __name__ == "__main__":
