@@ -39,6 +39,17 @@ def test_benchmark_tiny_on_cpu(tmp_path):
     assert distilled["train_seconds"] == distilled["teacher_seconds"] + distilled["student_seconds"]
 
 
+def test_a_cosine_recipe_given_fewer_epochs_ran_its_whole_schedule(tmp_path):
+    """--epochs N with a cosine schedule is a complete run of N epochs (issue 21: it printed "N of 420 ... extrapolated");
+    the article's multistep schedule cut short is the start of its 150-epoch run, and is extrapolated."""
+    out = tmp_path / "bench.json"
+    proc = run_tiny(out, "--recipes", "article,fast", "--article-epochs", "1", "--epochs", "2")
+    article, fast = json.loads(out.read_text())["rows"]
+    assert article["extrapolated"] and article["recipe_epochs"] == 150 and "1 of 150" in proc.stdout
+    assert not fast["extrapolated"] and fast["epochs"] == fast["recipe_epochs"] == 2 and "2 of " not in proc.stdout
+    assert "compile caches: cold" in proc.stdout
+
+
 def test_a_budgeted_run_is_not_reported_as_extrapolated(tmp_path):
     """With budget_minutes the run's own chosen length is its full length (run 8 printed '153 of 300')."""
     out = tmp_path / "bench.json"
@@ -49,7 +60,7 @@ def test_a_budgeted_run_is_not_reported_as_extrapolated(tmp_path):
 
 def test_the_release_rows_run_with_one_teacher(tmp_path):
     """The release benchmark's own rows (airbench aside: it needs a GPU): the teacher is trained once and is the
-    teacher of both distilled rows, whose clocks start with its training; the sprint runs with its budget."""
+    teacher of both distilled rows, whose clocks start with its training; each distilled row runs with its budget."""
     run_series = run_series_module()
     ours = [r for r in run_series.RELEASE_BENCHMARK if not r.startswith("airbench")]
     assert ours == ["teacher", "distilled", "distilled_sprint"]
@@ -59,7 +70,8 @@ def test_the_release_rows_run_with_one_teacher(tmp_path):
     assert list(rows) == ours
     for name in ("distilled", "distilled_sprint"):
         assert rows[name]["teacher_seconds"] == rows["teacher"]["train_seconds"]
-    assert rows["distilled_sprint"]["config"]["budget_minutes"] == 0.3 and rows["distilled"]["config"]["budget_minutes"] is None
+    budgets = {name: rows[name]["config"]["budget_minutes"] for name in ("distilled", "distilled_sprint")}
+    assert budgets == {"distilled": 4.2, "distilled_sprint": 0.3}  # each with its own budget (the student's minutes)
 
 
 def test_a_release_trains_before_it_reads_the_model():
