@@ -132,3 +132,33 @@ def test_the_attention_kernel_changes_no_result(tiny_args, kernel):
         auto, _ = TrainStep(model, CFG.replace(attention="auto", ema_decay=None), torch.device("cpu")).loss(x, y)
         chosen, _ = TrainStep(model, CFG.replace(attention=kernel, ema_decay=None), torch.device("cpu")).loss(x, y)
     torch.testing.assert_close(chosen, auto, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the whole-step CUDA graph needs a CUDA GPU")
+def test_the_graphed_step_keeps_the_same_average_and_resumes_it(tiny_args, tmp_path):
+    """Inside the recorded step the average moves as in the plain one (the warm-up's moves are undone), and a graphed
+    run resumed from last.pt ends with the average of an uninterrupted one."""
+    data = synthetic_data()
+    cfg = CFG.replace(precision="fp32", cuda_graph=True, mix_prob=0.0)
+    torch.manual_seed(0)
+    plain_model = VisionTransformer(tiny_args)
+    graphed_model = VisionTransformer(tiny_args)
+    graphed_model.load_state_dict(plain_model.state_dict())
+    plain = train(plain_model, data, cfg.replace(cuda_graph=False), progress=False, device="cuda")
+    graphed = train(graphed_model, data, cfg, checkpoint_dir=tmp_path / "a", progress=False, device="cuda")
+    for (n, a), b in zip(plain_model.state_dict().items(), graphed_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=n)  # GPU kernels may sum in another order
+    assert len(plain.history) == len(graphed.history) == cfg.epochs
+
+    def stop_after_one(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train(VisionTransformer(tiny_args), data, cfg, checkpoint_dir=tmp_path / "b", progress=False, device="cuda",
+              on_epoch_end=stop_after_one)
+    resumed = VisionTransformer(tiny_args)
+    train(resumed, data, cfg, checkpoint_dir=tmp_path / "b", resume=True, progress=False, device="cuda")
+    for (n, a), b in zip(graphed_model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), n
