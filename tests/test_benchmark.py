@@ -39,6 +39,17 @@ def test_benchmark_tiny_on_cpu(tmp_path):
     assert distilled["train_seconds"] == distilled["teacher_seconds"] + distilled["student_seconds"]
 
 
+def test_a_cosine_recipe_given_fewer_epochs_ran_its_whole_schedule(tmp_path):
+    """--epochs N with a cosine schedule is a complete run of N epochs (issue 21: it printed "N of 420 ... extrapolated");
+    the article's multistep schedule cut short is the start of its 150-epoch run, and is extrapolated."""
+    out = tmp_path / "bench.json"
+    proc = run_tiny(out, "--recipes", "article,fast", "--article-epochs", "1", "--epochs", "2")
+    article, fast = json.loads(out.read_text())["rows"]
+    assert article["extrapolated"] and article["recipe_epochs"] == 150 and "1 of 150" in proc.stdout
+    assert not fast["extrapolated"] and fast["epochs"] == fast["recipe_epochs"] == 2 and "2 of " not in proc.stdout
+    assert "compile caches: cold" in proc.stdout
+
+
 def test_a_budgeted_run_is_not_reported_as_extrapolated(tmp_path):
     """With budget_minutes the run's own chosen length is its full length (run 8 printed '153 of 300')."""
     out = tmp_path / "bench.json"
@@ -49,7 +60,7 @@ def test_a_budgeted_run_is_not_reported_as_extrapolated(tmp_path):
 
 def test_the_release_rows_run_with_one_teacher(tmp_path):
     """The release benchmark's own rows (airbench aside: it needs a GPU): the teacher is trained once and is the
-    teacher of both distilled rows, whose clocks start with its training; the sprint runs with its budget."""
+    teacher of both distilled rows, whose clocks start with its training; each distilled row runs with its budget."""
     run_series = run_series_module()
     ours = [r for r in run_series.RELEASE_BENCHMARK if not r.startswith("airbench")]
     assert ours == ["teacher", "distilled", "distilled_sprint"]
@@ -59,7 +70,8 @@ def test_the_release_rows_run_with_one_teacher(tmp_path):
     assert list(rows) == ours
     for name in ("distilled", "distilled_sprint"):
         assert rows[name]["teacher_seconds"] == rows["teacher"]["train_seconds"]
-    assert rows["distilled_sprint"]["config"]["budget_minutes"] == 0.3 and rows["distilled"]["config"]["budget_minutes"] is None
+    budgets = {name: rows[name]["config"]["budget_minutes"] for name in ("distilled", "distilled_sprint")}
+    assert budgets == {"distilled": 4.2, "distilled_sprint": 0.3}  # each with its own budget (the student's minutes)
 
 
 def test_a_release_trains_before_it_reads_the_model():
@@ -67,3 +79,45 @@ def test_a_release_trains_before_it_reads_the_model():
     run_series = run_series_module()
     names = [Path(f"{n}.ipynb") for n in ("01_patching", "04_vision_transformer", "05_training", "07_evaluation")]
     assert [p.stem for p in run_series.release_order(names)] == ["05_training", "01_patching", "04_vision_transformer", "07_evaluation"]
+
+
+def perf_ablation_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("perf_ablation", ROOT / "benchmarks" / "perf_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ablation_plan_fits_its_deadline_and_keeps_the_final_runs_cold():
+    """The scheduler: pinned runs first, then shared ones only while their estimate (a new teacher included) fits."""
+    pa = perf_ablation_module()
+    plan = pa.Plan(pa.PINNED, pa.SHARED, pa.RUNS, deadline=500)
+    assert plan.next(0, 0) == "final_seed1" and plan.next(1, 0) == "micro" and plan.next(1, 25) == "final_seed2"
+    assert pa.RUNS["final_seed1"]["cold"] and pa.RUNS["final_seed2"]["cold"]  # first to compile on their GPU
+    assert plan.next(0, 300) == "soft100"  # 85 s + a seed-0 teacher: 400 s
+    assert plan.next(1, 330) == "ema100"  # the same on GPU 1, which trains its own seed-0 teacher: 430 s
+    assert plan.next(0, 421) is None  # the shortest left (hard100, 80 s) would end at 501 s
+    assert plan.next(1, 400) == "flash100" and plan.shared == ["b1024", "hard100"]
+    assert all(v == pa.SAFE_ENV[k] for k, v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                                                 "NVSHMEM_DISABLE_NVLS": "1"}.items())
+
+
+def test_the_ablation_runs_on_the_cpu_and_survives_a_failing_run(tmp_path):
+    """--tiny's code path with a plan of three: a run that fails (a bad setting) is recorded and the queue goes on."""
+    pa = perf_ablation_module()
+    runs = {**pa.tiny_runs(), "broken": {"recipe": "distilled", "epochs": 1, "set": {"lr": -1.0}, "est_s": 30, "why": "fails"}}
+    rows = pa.run_plan(pa.Plan({0: ["final_seed1"], 1: ["broken"]}, ["soft100", "b1024"], runs, deadline=1e4), tmp_path,
+                       tiny=True)
+    by_name = {r["name"]: r for r in rows}
+    assert set(by_name) == {"final_seed1", "broken", "soft100", "b1024"}
+    assert by_name["broken"]["status"] == "error" and "lr must be positive" in by_name["broken"]["error"]
+    for name in ("final_seed1", "soft100", "b1024"):
+        r = by_name[name]
+        assert r["status"] == "ok" and 0 <= r["test_acc"] <= 1 and r["teacher_seconds"] > 0, r
+        assert r["train_seconds"] == r["teacher_seconds"] + r["student_seconds"]
+    assert by_name["b1024"]["config"]["lr"] == 1.4e-3 and by_name["final_seed1"]["config"]["seed"] == 1
+    assert (tmp_path / "runs" / "broken.json").is_file() and (tmp_path / "logs" / "soft100.log").is_file()
+    text = pa.table(rows)
+    assert "| broken |" in text and "lr must be positive" in text and "| soft100 |" in text

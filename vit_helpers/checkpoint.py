@@ -396,8 +396,9 @@ class TrainingRun:
         if not distributed.is_main():
             self.last_epoch = meta["epoch"] if write_last else self.last_epoch
             return
-        if improved:
-            atomic_save({**meta, "model": _cpu_weights(self.model)}, self.directory / "best.pt")
+        if improved:  # the weights that were validated: their moving average where the step keeps one (cfg.ema_decay)
+            validated = self.model if getattr(self.step, "ema", None) is None else self.step.ema
+            atomic_save({**meta, "model": _cpu_weights(validated)}, self.directory / "best.pt")
         if write_last:
             atomic_save({**meta, "model": _cpu_weights(self.model), "step": self.step.state_dict(),
                          "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else {},
@@ -456,5 +457,5 @@ def load_finished_run(last: Path, model: torch.nn.Module, cfg, data, teacher: to
     _check_same_run(state, last, getattr(model, "args", None), cfg, data_fingerprint(data), teacher_fingerprint(teacher))
     if state["epoch"] < state["epochs"]:
         return None
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["step"].get("ema", state["model"]))  # a run with an average ends holding it (train())
     return state

@@ -49,6 +49,10 @@ class GraphedStep:
     def totals(self) -> torch.Tensor:
         return self.step.totals
 
+    @property
+    def ema(self) -> nn.Module | None:
+        return self.step.ema
+
     def epoch(self, batches: GPUBatches):
         """An epoch's draws, batch by batch (the graph makes each batch from them)."""
         return batches.plan()
@@ -67,7 +71,8 @@ class GraphedStep:
     def _record(self, draws) -> None:
         self.inputs = [t.clone() for t in draws]
         optimizer = self.step.optimizer
-        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+        kept = [m for m in (self.model, self.step.ema) if m is not None]  # the warm-up moves the weights' average too
+        weights = [{k: v.clone() for k, v in m.state_dict().items()} for m in kept]
         state = {p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)} for p, s in optimizer.state.items()}
         side = torch.cuda.Stream()  # warm-up runs on a side stream, as torch.cuda.graph expects
         side.wait_stream(torch.cuda.current_stream())
@@ -96,9 +101,10 @@ class GraphedStep:
                 "torch.no_grad() and kept in a variable; its backward nodes belong to another CUDA stream. Compute "
                 "such values under torch.no_grad() (or delete them) and restart the kernel, or train with "
                 "cuda_graph=False.") from e
-        with torch.no_grad():  # undo the warm-up: the weights, the optimizer's state, this epoch's totals
-            for k, v in self.model.state_dict().items():
-                v.copy_(weights[k])
+        with torch.no_grad():  # undo the warm-up: the weights (and their average), the optimizer's state, the totals
+            for m, saved in zip(kept, weights):
+                for k, v in m.state_dict().items():
+                    v.copy_(saved[k])
             for p, s in optimizer.state.items():
                 for k, v in s.items():
                     if isinstance(v, torch.Tensor):  # state the warm-up created starts from zero, as it would have

@@ -11,7 +11,9 @@ its probabilities at a temperature T).
 """
 from __future__ import annotations
 
+import copy
 import warnings
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +78,18 @@ def teacher_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, cfg: TrainC
     return t * t * F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean", log_target=True)
 
 
+def attention_kernels(name: str):
+    """A context in which F.scaled_dot_product_attention tries kernel `name` first (cfg.attention), with the plain
+    math as the fallback where that kernel can't run; "auto" leaves torch's own choice."""
+    if name == "auto":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernel = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+    return sdpa_kernel(list(dict.fromkeys([kernel, SDPBackend.MATH])), set_priority=True)
+
+
 def freeze_teacher(teacher: nn.Module | None, cfg: TrainConfig, device: torch.device) -> nn.Module | None:
     """The teacher on `device`, in eval mode (BatchNorm uses its running statistics), its weights never trained."""
     if teacher is None and cfg.distill != "none":
@@ -99,6 +113,7 @@ class TrainStep:
         self.amp_dtype, needs_scaler = autocast_settings(cfg.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
         self.totals = torch.zeros(2, device=device)  # this epoch's summed loss and correct predictions, on the device
+        self.ema = self.make_ema(model) if cfg.ema_decay else None  # the weights' moving average (cfg.ema_decay)
         if cfg.compile and device.type == "cuda":  # fuse the model and the loss into fewer kernels
             self.loss = torch.compile(self.loss, mode="default" if capturable else cfg.compile_mode)
 
@@ -121,11 +136,14 @@ class TrainStep:
             nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=self.device.type == "cuda")
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.update_ema()
         self.totals += torch.stack([loss.detach() * len(x), n_correct.float()])  # read once per epoch, not per step
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean loss, number of correct predictions); with soft targets, correct means their largest class."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None, cache_enabled=False):
+        with (torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None, cache_enabled=False),
+              attention_kernels(self.cfg.attention)):
             logits = self.model(x)
         # cross_entropy takes class indices, or probabilities (soft targets): -sum(target * log_softmax(logits))
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
@@ -142,11 +160,37 @@ class TrainStep:
             return self.teacher(x).float()
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        if self.ema is not None:
+            state["ema"] = {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])  # copies in place: a recorded CUDA graph keeps its addresses
+
+    # ---- an exponential moving average of the weights (cfg.ema_decay; off by default) ----
+    # Polyak averaging: after every step, ema <- ema + (1 - decay) * (weights - ema), so the average spans about
+    # 1 / (1 - decay) steps (0.999: ~1000 steps, ~11 epochs at batch 512). `train()` validates the average instead of
+    # the weights, keeps it as best.pt and ends with it in the model; the weights themselves train as before.
+
+    @staticmethod
+    def make_ema(model: nn.Module) -> nn.Module:
+        """A frozen copy of the model (the module inside DDP, under torchrun), in eval mode, that will hold the average."""
+        return copy.deepcopy(getattr(model, "module", model)).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """One averaging step, on the device, without waiting for it (a CUDA graph records it with the step)."""
+        weights = getattr(self.model, "module", self.model)  # (DDP's wrapped module under torchrun)
+        pairs = list(zip(self.ema.state_dict().values(), weights.state_dict().values()))
+        averaged = [(e, w) for e, w in pairs if e.is_floating_point()]
+        torch._foreach_lerp_([e for e, _ in averaged], [w for _, w in averaged], 1 - self.cfg.ema_decay)
+        for e, w in pairs:
+            if not e.is_floating_point():  # counters (BatchNorm's batch count) are copied, not averaged
+                e.copy_(w)
 
 
 def check_teacher(teacher: nn.Module, data: ImageData, n_classes: int, device: torch.device) -> None:

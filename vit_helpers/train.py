@@ -20,6 +20,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import distributed
+from .compile_cache import CompileCache
 from .config import RECIPES, TrainConfig, recipe  # noqa: F401  (re-exported: the notebooks import them from here)
 from .data import GPUBatches, ImageData, classic_loader, train_val_split
 from .step import (TrainStep, autocast_settings, check_teacher, freeze_teacher, make_optimizer, make_step,  # noqa: F401
@@ -157,6 +158,7 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
     """Train `model` on `data` with `cfg`; returns the per-epoch history.
 
     teacher: a trained model to distill from (needs cfg.distill 'hard' or 'soft'); put in eval mode and never updated.
+    With cfg.ema_decay, the validation, best.pt and the model at the end are the weights' moving average.
     checkpoint_dir: where best.pt (best validation accuracy) and last.pt (to resume from) go, or None.
     resume: continue from checkpoint_dir/last.pt exactly (refused if the model, config, data, teacher or number of
         processes differ).
@@ -178,7 +180,8 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {n_train} training images; lower it")
     net = distributed.wrap(model, device, graphed=cfg.cuda_graph)  # DDP with several processes, else the model itself
     step = make_step(net, cfg, device, train_batches, teacher)
-    forward = torch.compile(model) if cfg.compile and device.type == "cuda" else model  # for evaluation
+    validated = model if getattr(step, "ema", None) is None else step.ema  # cfg.ema_decay: the weights' average
+    forward = torch.compile(validated) if cfg.compile and device.type == "cuda" else validated  # for evaluation
     run = ckpt_io.TrainingRun(Path(checkpoint_dir) if checkpoint_dir else None, model, cfg, data, step, train_batches,
                               device, teacher)
     result = TrainResult(epochs=cfg.epochs, checkpoint_dir=run.directory)
@@ -186,6 +189,8 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
         run.resume(result)
     log = EpochLog(cfg, spe, result, (show_progress_bar() if progress is None else progress) and distributed.is_main())
     pace = Pace(spe, cfg)
+    cache = CompileCache.for_run(model, cfg, device)  # torch.compile's work from an earlier run of these configs
+    log.note(cache.load())
     while (epoch := len(result.history)) < result.epochs:  # (a budget fixes result.epochs after the first epoch)
         planned = cfg.replace(epochs=result.epochs, budget_minutes=None)  # the schedule runs over the chosen length
         step.totals.zero_()
@@ -212,10 +217,13 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
         if epoch == 0 and cfg.budget_minutes:
             result.epochs = distributed.broadcast_int(pace.fit_budget(result, log))  # rank 0's clock decides
         log.epoch(record)
+        log.note(cache.save())  # once, after the first epoch: the step, augmentation and evaluation are compiled by now
         run.save(result, improved, (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == result.epochs)
         if on_epoch_end is not None:
             on_epoch_end(record)
     log.close()
+    if validated is not model:  # the model ends with what was validated and kept as best.pt: the average
+        model.load_state_dict(validated.state_dict())
     return result
 
 
@@ -256,6 +264,10 @@ class EpochLog:
 
     def write(self, line: str) -> None:
         self.bar.write(line)  # above the bar, without breaking it
+
+    def note(self, line: str | None) -> None:
+        if line:
+            self.write(line)
 
     def epoch(self, r: dict) -> None:
         n, total = r["epoch"], self.result.epochs

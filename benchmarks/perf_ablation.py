@@ -1,0 +1,407 @@
+"""Run 10 (issue 21) in one command on a 2-GPU machine: the distilled recipe on two more seeds, and the levers side by side.
+
+    python benchmarks/perf_ablation.py --out benchmarks/results/run10          # 2 GPUs, under 9 minutes
+    python benchmarks/perf_ablation.py --list                                  # the plan and its time estimates
+    python benchmarks/perf_ablation.py --tiny --out /tmp/ablation              # CPU, tiny models: checks the script
+
+Each GPU works through a queue, one training run per process (CUDA_VISIBLE_DEVICES picks the GPU), so the two GPUs
+run side by side and one run's crash can't take the others with it. A queue starts with its pinned runs (GPU 0: the
+final `distilled` recipe with seed 1; GPU 1: the micro-benchmarks, then the final recipe with seed 2; the release
+benchmark gives seed 0), then takes runs from a shared list, in order of priority, while the time estimate of the next
+one still fits before --deadline; a run still going at the deadline is stopped and recorded as such. The ablation runs
+are 100 epochs of the distilled recipe without its budget, seed 0 (the issue measured soft T 2 w 0.7 at 84.31% and hard
+w 0.5 at 83.41% that way), each changing one thing.
+
+Compilation: each final run starts with empty inductor/Triton caches and no vit_helpers compile cache (cold, as the
+release benchmark is), and saves its compile cache after the first epoch; each later run on that GPU starts with empty
+inductor caches too, but loads that compile cache, so its first epoch measures the compile cache's saving where its
+graphs are the final recipe's (runs that change the graphs, e.g. another batch size, compile cold).
+
+Writes into --out: one JSON per run (`runs/<name>.json`), each run's log (`logs/<name>.log`), and `ablation.json`
+(the plan, every row, the micro-benchmarks and the table, which is also printed at the end).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# Every process: no NVLink multicast (NVLS) in NCCL, symmetric memory or NVSHMEM (the device machines' rule).
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+ABLATION_EPOCHS = 100
+NO_BUDGET = {"budget_minutes": None, "seed": 0}
+
+# name -> what it runs. est_s: seconds on one H200 including the process's start, data and test evaluation, its
+# teacher's training when this GPU has not trained that teacher yet (+12 s, counted by the scheduler) and a compile
+# (~30 s cold, ~5 s from the compile cache). Measured basis: a steady distilled epoch 0.68 s on an H200 (issue 21).
+RUNS: dict[str, dict] = {
+    "micro": {"kind": "micro", "est_s": 25,
+              "why": "attention kernels and the teacher's forward, timed alone at the training shapes"},
+    "final_seed1": {"recipe": "distilled", "set": {"seed": 1}, "teacher_seed": 1, "cold": True, "est_s": 285,
+                    "why": "the final recipe as the release runs it (cold compile, 4.2-min student budget), seed 1"},
+    "final_seed2": {"recipe": "distilled", "set": {"seed": 2}, "teacher_seed": 2, "cold": True, "est_s": 285,
+                    "why": "the final recipe, seed 2"},
+    "soft100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET}, "est_s": 85,
+                "why": "baseline: soft T 2, w 0.7 (issue 21: 84.31%); first epoch from the compile cache"},
+    "ema100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "ema_decay": 0.999}, "est_s": 85,
+               "why": "+ an EMA of the weights, decay 0.999 (~11 epochs)"},
+    "flash100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "attention": "flash"}, "est_s": 100,
+                 "why": "+ flash attention instead of torch's choice (cuDNN on an H100 in run 2: 28% of the GPU time)"},
+    "b1024": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "batch_size": 1024, "lr": 1.4e-3},
+              "est_s": 100, "why": "batch 1024, lr x sqrt(2) (half the steps; bigger matrices)"},
+    "hard100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS,
+                "set": {**NO_BUDGET, "distill": "hard", "distill_weight": 0.5, "distill_temperature": 1.0}, "est_s": 80,
+                "why": "reference: the old hard distillation, w 0.5 (issue 21: 83.41%)"},
+}
+PINNED = {0: ["final_seed1"], 1: ["micro", "final_seed2"]}
+SHARED = ["soft100", "ema100", "flash100", "b1024", "hard100"]  # in order of priority
+TEACHER_S = 15  # a teacher's training with its process's share of the start
+
+
+# ---- the worker: one run in this process ----
+
+def load_data(tiny: bool):
+    if tiny:  # random images, as train_speed.py --synthetic
+        import torch
+
+        from vit_helpers.data import ImageData
+
+        g = torch.Generator().manual_seed(0)
+        rand = lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+        return ImageData(rand(768), torch.randint(0, 10, (768,), generator=g), rand(256),
+                         torch.randint(0, 10, (256,), generator=g), classes=tuple(map(str, range(10))), source="synthetic")
+    from vit_helpers.data import load_cifar10
+
+    return load_cifar10()
+
+
+def teacher_for(spec: dict, data, device, tiny: bool, folder: Path) -> dict:
+    """The teacher row (with its model) for a distilled run: trained once per GPU and seed, then read from `folder`."""
+    import torch
+
+    import train_speed as ts
+    from vit_helpers.cnn import build_model
+    from vit_helpers.config import TEACHER_RECIPES, recipe
+
+    name, seed = TEACHER_RECIPES[spec["recipe"]], spec.get("teacher_seed", 0)
+    weights, about = folder / f"{name}_seed{seed}.pt", folder / f"{name}_seed{seed}.json"
+    if weights.is_file() and about.is_file():
+        row = json.loads(about.read_text())
+        args, _ = recipe(name)
+        if tiny:
+            args = args.replace(stem_width=8, widths=(16, 16, 32))
+        model = build_model(args)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return {**row, "model": model.to(device), "reused": True}
+    row, model = ts.run(name, data, device, None, tiny, None, {"seed": seed}, False, None)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights)
+    kept = {k: row[k] for k in ("recipe", "train_seconds", "test_acc", "flops_per_image", "epochs")}
+    about.write_text(json.dumps(kept))
+    return {**kept, "model": model, "reused": False}
+
+
+def micro(device, tiny: bool) -> dict:
+    """Times, alone: scaled-dot-product attention's kernels at the training shape (forward + backward), and the
+    teacher's forward at the training batch in the ways it could run."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from vit_helpers.cnn import ConvNet
+    from vit_helpers.config import CNN_PRESETS
+    from vit_helpers.step import attention_kernels
+
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    reps = 3 if tiny else 20
+
+    def timed(fn) -> float:
+        """Median milliseconds of fn() (CUDA events on a GPU)."""
+        for _ in range(2):
+            fn()
+        times = []
+        for _ in range(reps):
+            if cuda:
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                fn()
+                e.record()
+                torch.cuda.synchronize()
+                times.append(s.elapsed_time(e))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(1e3 * (time.perf_counter() - t0))
+        return sorted(times)[len(times) // 2]
+
+    out = {"attention": {}, "teacher": {}}
+    B, H, N, hd = (8, 2, 17, 16) if tiny else (512, 8, 65, 32)  # batch, heads, tokens (64 patches + [CLS]), head width
+    q, k, v = (torch.randn(B, H, N, hd, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn(B, H, N, hd, device=device, dtype=dtype)
+    try:
+        out["attention"]["auto_picks"] = str(SDPBackend(torch._fused_sdp_choice(q, k, v)))
+    except Exception as e:  # a private function: informative where it exists
+        out["attention"]["auto_picks"] = f"unknown ({type(e).__name__})"
+    for name in ("auto", "flash", "efficient", "cudnn", "math"):
+        only = [] if name == "auto" else [{"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                                           "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]]
+        try:
+            with sdpa_kernel(only) if only else attention_kernels("auto"):
+                fwd = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+                both = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v).backward(grad))
+            out["attention"][name] = {"forward_ms": fwd, "forward_backward_ms": both,
+                                      "per_step_ms_6_layers": 6 * both}
+        except Exception as e:  # a kernel that can't run these shapes here
+            out["attention"][name] = {"error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"}
+    args = CNN_PRESETS["teacher_small" if tiny else "teacher"]
+    teacher = ConvNet(args).to(device).eval().requires_grad_(False)
+    x = torch.randn(64 if tiny else 512, 3, 32, 32, device=device)
+    amp = dict(device_type=device.type, dtype=dtype, enabled=cuda)
+
+    def forward(model, inputs):
+        with torch.no_grad(), torch.autocast(**amp):
+            return model(inputs)
+
+    variants = {"as_in_the_step": lambda: forward(teacher, x)}
+    if cuda:
+        half = ConvNet(args).to(device, dtype=dtype).eval().requires_grad_(False)
+        half.load_state_dict(teacher.state_dict())
+        variants["weights_in_bf16"] = lambda: forward(half, x.to(dtype))
+    if cuda:  # last: cuDNN then tries its algorithms for each shape (not switched on in training today)
+        variants["cudnn_benchmark"] = lambda: (setattr(torch.backends.cudnn, "benchmark", True), forward(teacher, x))
+    for name, fn in variants.items():
+        ms = timed(fn)
+        out["teacher"][name] = {"ms": ms, "images_per_s": len(x) / ms * 1e3}
+    return out
+
+
+def worker(name: str, spec: dict, result: Path, tiny: bool, teachers: Path) -> int:
+    """Run one spec here and write its row to `result` (an error is written as the row)."""
+    sys.path[:0] = [str(HERE), str(ROOT)]
+    t0 = time.perf_counter()
+    row: dict = {"name": name, "why": spec.get("why", ""), "spec": spec}
+    try:
+        import torch
+
+        device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
+        row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        if spec.get("kind") == "micro":
+            row["micro"] = micro(device, tiny)
+        else:
+            import train_speed as ts
+
+            data = load_data(tiny)
+            if tiny:
+                data.test_x, data.test_y = data.test_x[:256], data.test_y[:256]
+            teacher = teacher_for(spec, data, device, tiny, teachers)
+            epochs = (1 if tiny else spec["epochs"]) if spec.get("epochs") else None
+            trained, _ = ts.run(spec["recipe"], data, device, epochs, tiny, None, dict(spec.get("set", {})), False, None,
+                                teacher)
+            trained.update(teacher_reused=teacher["reused"], teacher_seed=spec.get("teacher_seed", 0))
+            row.update({k: v for k, v in trained.items() if k != "model"})
+        row["status"] = "ok"
+    except Exception as e:
+        row.update(status="error", error=f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")  # on one line
+        traceback.print_exc()
+    row["wall_seconds"] = time.perf_counter() - t0
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps(row, indent=1, default=str))
+    return 0 if row["status"] == "ok" else 1
+
+
+# ---- the scheduler: two queues, side by side ----
+
+class Plan:
+    """Which GPU runs what: its pinned runs, then the shared list in order, while the estimate fits the deadline."""
+
+    def __init__(self, pinned: dict[int, list[str]], shared: list[str], runs: dict[str, dict], deadline: float):
+        self.pinned, self.shared, self.runs, self.deadline = {g: list(n) for g, n in pinned.items()}, list(shared), runs, deadline
+        self.lock = threading.Lock()
+        self.teachers: dict[int, set] = {g: set() for g in pinned}  # (gpu) -> teacher seeds trained there
+
+    def estimate(self, gpu: int, name: str) -> float:
+        spec = self.runs[name]
+        extra = TEACHER_S if spec.get("recipe") and spec.get("teacher_seed", 0) not in self.teachers[gpu] else 0
+        return spec["est_s"] + extra
+
+    def next(self, gpu: int, elapsed: float) -> str | None:
+        """The next run for `gpu`, or None when none is left that fits before the deadline."""
+        with self.lock:
+            if self.pinned[gpu]:
+                name = self.pinned[gpu].pop(0)
+            else:
+                fits = [n for n in self.shared if elapsed + self.estimate(gpu, n) <= self.deadline]
+                if not fits:
+                    return None
+                name = fits[0]
+                self.shared.remove(name)
+            spec = self.runs[name]
+            if spec.get("recipe"):
+                self.teachers[gpu].add(spec.get("teacher_seed", 0))
+            return name
+
+
+def launch(name: str, spec: dict, gpu: int, out: Path, scratch: Path, tiny: bool, remaining: float) -> dict:
+    """One run as its own process on GPU `gpu`; its row (or what went wrong) comes back."""
+    result, log = out / "runs" / f"{name}.json", out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **SAFE_ENV, "CUDA_VISIBLE_DEVICES": str(gpu), "VIT_PROGRESS": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           # empty inductor/Triton caches for every run; the GPU's compile cache, which a final (cold) run only writes
+           "TORCHINDUCTOR_CACHE_DIR": str(scratch / "inductor" / name), "TRITON_CACHE_DIR": str(scratch / "triton" / name),
+           # The GPU's compile cache: still empty for a "cold" run (the first to compile on its GPU), which saves it
+           "VIT_COMPILE_CACHE": str(scratch / f"compile_cache_gpu{gpu}")}
+    if spec.get("cold") and any((scratch / f"compile_cache_gpu{gpu}").glob("*.bin")):
+        return {"name": name, "why": spec.get("why", ""), "spec": spec, "status": "error", "gpu": gpu,
+                "error": f"not cold: GPU {gpu} has a compile cache already (pin cold runs before any other training run)"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--spec", json.dumps(spec), "--result", str(result),
+           "--teachers", str(scratch / f"teachers_gpu{gpu}")] + (["--tiny"] if tiny else [])
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        try:
+            proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=max(1.0, remaining), cwd=ROOT)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    if result.is_file():
+        row = json.loads(result.read_text())
+    else:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        why = "stopped at the deadline" if rc == "timeout" else f"exit code {rc}"
+        row = {"name": name, "why": spec.get("why", ""), "spec": spec, "status": "error", "error": f"{why}; log: {' | '.join(tail)[-300:]}"}
+    row.update(gpu=gpu, process_seconds=time.perf_counter() - t0, log=str(log.relative_to(out)))
+    return row
+
+
+def run_plan(plan: Plan, out: Path, tiny: bool = False, start: float | None = None) -> list[dict]:
+    """Both queues, side by side (one thread each, every run its own process); the rows in the order they finished.
+    start: the time.perf_counter() the deadline counts from (default: now)."""
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="perf-ablation-"))  # caches and teachers: not results, removed at the end
+    start, rows, lock = start or time.perf_counter(), [], threading.Lock()
+
+    def queue(gpu: int) -> None:
+        while True:
+            elapsed = time.perf_counter() - start
+            name = plan.next(gpu, elapsed)
+            if name is None:
+                return
+            print(f"[{elapsed:5.0f} s] GPU {gpu}: {name} ({plan.runs[name].get('why', '')})", flush=True)
+            row = launch(name, plan.runs[name], gpu, out, scratch, tiny, plan.deadline - elapsed)
+            with lock:
+                rows.append(row)
+            took = time.perf_counter() - start
+            print(f"[{took:5.0f} s] GPU {gpu}: {name} {row['status']}" + (f" ({row.get('error')})" if row["status"] != "ok" else
+                  f": test {row.get('test_acc', float('nan')):.4f}" if "test_acc" in row else ""), flush=True)
+
+    threads = [threading.Thread(target=queue, args=(g,)) for g in plan.pinned]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in plan.shared:  # what no GPU had time for
+        rows.append({"name": name, "why": plan.runs[name].get("why", ""), "spec": plan.runs[name], "status": "skipped",
+                     "error": "not started: its estimate did not fit before the deadline"})
+    shutil.rmtree(scratch, ignore_errors=True)
+    return rows
+
+
+def fmt(v, spec="{:.1f}") -> str:
+    return "-" if v is None else spec.format(v)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| run | GPU | status | epochs | test acc | best val | train s (teacher + student) | images/s | 1st epoch s | to 90% val (s) | what |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("micro") or r["status"] != "ok":
+            lines.append(f"| {r['name']} | {r.get('gpu', '-')} | {r['status']} | | | | | | | | "
+                         f"{r.get('error') or 'see micro below'} |")
+            continue
+        teacher = f" ({r['teacher_seconds']:.1f} + {r['student_seconds']:.1f})" if r.get("teacher_seconds") is not None else ""
+        lines.append(f"| {r['name']} | {r['gpu']} | ok | {r['epochs']} | {100 * r['test_acc']:.2f}% | {100 * r['best_val_acc']:.2f}% | "
+                     f"{r['train_seconds']:.1f}{teacher} | {r['images_per_s']:,.0f} | {fmt(r.get('first_epoch_seconds'))} | "
+                     f"{fmt(r.get('time_to_90'))} | {r['why']} |")
+    return "\n".join(lines)
+
+
+def micro_table(rows: list[dict]) -> str:
+    found = next((r["micro"] for r in rows if r.get("micro")), None)
+    if not found:
+        return ""
+    lines = [f"attention (one layer at the training shape; torch's choice here: {found['attention'].get('auto_picks')}):"]
+    for name, t in found["attention"].items():
+        if isinstance(t, dict):
+            lines.append(f"  {name:9s} " + (t["error"] if "error" in t else
+                         f"forward {t['forward_ms']:.3f} ms, forward+backward {t['forward_backward_ms']:.3f} ms "
+                         f"(x6 layers: {t['per_step_ms_6_layers']:.2f} ms per step)"))
+    lines.append("teacher forward (a training batch, bf16 autocast on a GPU, channels-last, eager):")
+    for name, t in found["teacher"].items():
+        lines.append(f"  {name:16s} {t['ms']:.3f} ms ({t['images_per_s']:,.0f} images/s)")
+    return "\n".join(lines)
+
+
+def tiny_runs() -> dict[str, dict]:
+    """The plan with every estimate in seconds of a CPU (the same names, so --tiny exercises the same code)."""
+    return {n: {**s, "est_s": 30} for n, s in RUNS.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "run10", help="results folder")
+    p.add_argument("--deadline", type=float, default=500.0, help="seconds after the start by which every run must end")
+    p.add_argument("--gpus", type=int, default=2, help="queues (1: everything on GPU 0, pinned runs of both queues first)")
+    p.add_argument("--tiny", action="store_true", help="tiny models and random images on the CPU (seconds): checks the script")
+    p.add_argument("--list", action="store_true", help="print the plan with its estimates and exit")
+    p.add_argument("--only", default=None, help="comma-separated run names: the plan keeps only these (in its order)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one spec in this process
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--teachers", type=Path, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        return worker(a.worker, json.loads(a.spec), a.result, a.tiny, a.teachers)
+    runs = tiny_runs() if a.tiny else RUNS
+    pinned = PINNED if a.gpus >= 2 else {0: [n for g in sorted(PINNED) for n in PINNED[g]]}
+    shared = SHARED
+    if a.only:
+        keep = a.only.split(",")
+        unknown = [n for n in keep if n not in runs]
+        if unknown:
+            raise SystemExit(f"--only: unknown runs {unknown}; the plan has {list(runs)}")
+        pinned, shared = {g: [n for n in names if n in keep] for g, names in pinned.items()}, [n for n in SHARED if n in keep]
+    if a.list:
+        for g, names in pinned.items():
+            print(f"GPU {g} pinned: " + ", ".join(f"{n} (~{runs[n]['est_s']} s)" for n in names))
+        print("then, shared, in order: " + ", ".join(f"{n} (~{runs[n]['est_s']} s)" for n in shared))
+        print(f"a teacher's training adds ~{TEACHER_S} s the first time a GPU needs it; deadline {a.deadline:.0f} s")
+        return 0
+    t0 = time.perf_counter()  # the deadline counts from here
+    if not a.tiny:
+        sys.path.insert(0, str(ROOT))
+        from vit_helpers.data import load_cifar10
+
+        load_cifar10()  # once, before the queues: the workers then read the decoded cache instead of decoding twice
+    rows = run_plan(Plan(pinned, shared, runs, a.deadline), a.out, a.tiny, start=t0)
+    text, micro_text = table(rows), micro_table(rows)
+    print("\n" + text + ("\n\n" + micro_text if micro_text else ""))
+    print(f"\n{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok, {time.perf_counter() - t0:.0f} s")
+    combined = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python benchmarks/perf_ablation.py " + " ".join(argv or sys.argv[1:]),
+                "deadline_s": a.deadline, "plan": {"pinned": pinned, "shared": shared, "runs": runs}, "rows": rows,
+                "table": text, "micro": micro_text}
+    (a.out / "ablation.json").write_text(json.dumps(combined, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
