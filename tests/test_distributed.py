@@ -12,6 +12,7 @@ import torch
 from test_cli import ROOT, tiny_args, write_image_folder
 from vit_helpers import distributed
 from vit_helpers.cli import main
+from vit_helpers.config import recipe
 
 
 # What the multi-GPU machines need (NVLink multicast off); harmless elsewhere.
@@ -114,7 +115,7 @@ def test_distilled_recipe_on_two_processes(folder, tmp_path):
     argv = tiny_args(folder, "distilled_quick", epochs=2) + ["--teacher-checkpoint", str(tmp_path / "teacher.pt")]
     ok(launch(argv + ["--checkpoint-dir", str(tmp_path / "d"), "--out", str(tmp_path / "d.json")], 2, tmp_path))
     out = json.loads((tmp_path / "d.json").read_text())
-    assert out["world_size"] == 2 and out["train_config"]["distill"] == "hard" and len(out["history"]) == 2
+    assert out["world_size"] == 2 and out["train_config"]["distill"] == recipe("distilled_quick")[1].distill and len(out["history"]) == 2
     assert torch.load(tmp_path / "d" / "last.pt", weights_only=True)["teacher"] is not None
 
 
