@@ -38,7 +38,7 @@ TINY = ["--model-set", "image_size=16", "--model-set", "dim=32", "--model-set", 
         "--set", "eval_batch_size=40"]
 
 
-def plan(gpus: int, epochs: int, tiny: bool, eager_on_1: bool, distilled: bool) -> list[dict]:
+def plan(gpus: int, epochs: int, tiny: bool, eager_on_1: bool, distilled: bool, budget: float | None = None) -> list[dict]:
     """The runs, each {"name", "gpus", "step", "argv"} (argv: the command line's options)."""
     fast, dist = ("quick", "distilled_quick") if tiny else ("fast", "distilled")
     extra = TINY if tiny else []
@@ -53,7 +53,8 @@ def plan(gpus: int, epochs: int, tiny: bool, eager_on_1: bool, distilled: bool) 
         if eager_on_1:
             runs.append({"name": "fast_1_eager", "gpus": 1, "step": "compiled eager", "argv": eager})
     if distilled:
-        runs.append({"name": f"distilled_{gpus}", "gpus": gpus, "step": "graphed", "argv": ["--recipe", dist, *extra]})
+        shorter = ["--budget-minutes", f"{budget:g}"] if budget else []  # the recipe's own budget otherwise
+        runs.append({"name": f"distilled_{gpus}", "gpus": gpus, "step": "graphed", "argv": ["--recipe", dist, *shorter, *extra]})
     return runs
 
 
@@ -91,37 +92,49 @@ def summarize(runs: list[dict], outs: dict[str, dict], gpu: str, command_line: s
     """release/ddp.json from the runs' --out JSONs (see HELPERS_COMMON.md for the schema)."""
     rows = []
     for r in runs:
-        o = outs[r["name"]]
+        o = outs.get(r["name"])
+        if o is None or "error" in o:  # a failed run is a row that says so, not a stop: the other rows still count
+            if r["name"].startswith("fast"):
+                rows.append({"gpus": r["gpus"], "step": r["step"], "images_per_s": None, "error": (o or {}).get("error", "did not run")})
+            continue
         if o["world_size"] != r["gpus"]:
             raise RuntimeError(f"{r['name']} ran on {o['world_size']} processes, expected {r['gpus']}")
         if r["name"].startswith("fast"):
             rows.append({"gpus": r["gpus"], "images_per_s": steady_images_per_s(o["history"]), "step": r["step"],
                          "epochs": len(o["history"]), "first_epoch_seconds": o["history"][0]["seconds"],
                          "test_acc": o["test_acc"]})
-    one = next(x for x in rows if x["gpus"] == 1 and x["step"] == rows[0]["step"])
-    many = next(x for x in rows if x["gpus"] != 1 and x["step"] == rows[0]["step"])
-    report = {"gpu": gpu, "n_gpus": many["gpus"], "date": time.strftime("%Y-%m-%d"),
-              "torch": outs[runs[0]["name"]]["torch"], "command": command_line,
-              "global_batch": outs[runs[0]["name"]]["train_config"]["batch_size"], "rows": rows,
-              "scaling": many["images_per_s"] / one["images_per_s"], "distilled": None}
+    ok = [x for x in rows if x["images_per_s"]]
+    pairs = [(one, many) for one in ok for many in ok if one["gpus"] == 1 and many["gpus"] != 1 and one["step"] == many["step"]]
+    first = next(o for o in outs.values() if "error" not in o)
+    report = {"gpu": gpu, "n_gpus": max(r["gpus"] for r in runs), "date": time.strftime("%Y-%m-%d"),
+              "torch": first["torch"], "command": command_line, "global_batch": first["train_config"]["batch_size"],
+              "rows": rows, "scaling": pairs[0][1]["images_per_s"] / pairs[0][0]["images_per_s"] if pairs else None,
+              "scaling_step": pairs[0][0]["step"] if pairs else None, "distilled": None}
     d = next((r for r in runs if r["name"].startswith("distilled")), None)
-    if d is not None:
+    if d is not None and "error" in outs.get(d["name"], {"error": "did not run"}):
+        report["distilled"] = {"gpus": d["gpus"], "error": outs.get(d["name"], {}).get("error", "did not run")}
+    elif d is not None:
         o = outs[d["name"]]
         teacher = (o["teacher"] or {}).get("train_seconds", 0.0)
         report["distilled"] = {"gpus": d["gpus"], "recipe": o["recipe"], "epochs": len(o["history"]), "test_acc": o["test_acc"],
                                "seconds_total": teacher + o["train_seconds"], "seconds_to_90_val": time_to(o["history"], 0.90, teacher),
                                "teacher_seconds": teacher, "teacher_test_acc": (o["teacher"] or {}).get("test_acc"),
-                               "images_per_s": steady_images_per_s(o["history"]), "wall_seconds": o["wall_seconds"]}
+                               "images_per_s": steady_images_per_s(o["history"]), "wall_seconds": o["wall_seconds"],
+                               "budget_minutes": o["train_config"].get("budget_minutes")}
     return report
 
 
 def table(report: dict) -> str:
     lines = [f"{report['gpu']}, torch {report['torch']}, global batch {report['global_batch']}, {report['date']}",
              f"{'gpus':>4}  {'step':<15}  {'images/s':>10}", f"{'-' * 4}  {'-' * 15}  {'-' * 10}"]
-    lines += [f"{r['gpus']:>4}  {r['step']:<15}  {r['images_per_s']:>10,.0f}" for r in report["rows"]]
-    lines.append(f"scaling, {report['n_gpus']} GPUs over 1 ({report['rows'][0]['step']} step): {report['scaling']:.2f}x")
+    lines += [f"{r['gpus']:>4}  {r['step']:<15}  " + (f"{r['images_per_s']:>10,.0f}" if r["images_per_s"] else f"failed: {r['error']}")
+              for r in report["rows"]]
+    if report["scaling"]:
+        lines.append(f"scaling, {report['n_gpus']} GPUs over 1 ({report['scaling_step']} step): {report['scaling']:.2f}x")
     d = report["distilled"]
-    if d:
+    if d and "error" in d:
+        lines.append(f"distilled on {d['gpus']} GPUs: failed ({d['error']})")
+    elif d:
         to90 = "not reached" if d["seconds_to_90_val"] is None else f"{d['seconds_to_90_val']:.1f} s"
         lines.append(f"{d['recipe']} on {d['gpus']} GPUs: test {100 * d['test_acc']:.2f}% in {d['seconds_total']:.1f} s of "
                      f"training (teacher {d['teacher_seconds']:.1f} s included); 90% validation at {to90}")
@@ -151,13 +164,15 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=8, help="epochs of each fast-recipe run (the first compiles; default 8)")
     p.add_argument("--eager-on-1", action="store_true", help="also measure the compiled eager step on 1 GPU")
     p.add_argument("--no-distilled", action="store_true", help="skip the distilled recipe's full run")
+    p.add_argument("--distilled-budget", type=float, default=None, metavar="MIN",
+                   help="the distilled run's budget in minutes on N GPUs (default: the recipe's own, made for one GPU)")
     p.add_argument("--out", type=Path, default=ROOT / "release" / "ddp.json", help="where the JSON goes (default release/ddp.json)")
     p.add_argument("--data", type=Path, default=None, help="a folder-per-class CIFAR-10 copy (default: $VIT_DATA_DIR, "
                    "else torchvision's download)")
     p.add_argument("--tiny", action="store_true", help="on the CPU with gloo: a tiny model on a synthetic folder (checks the script)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and their environment, run nothing")
     a = p.parse_args(argv)
-    runs = plan(a.gpus, 2 if a.tiny else a.epochs, a.tiny, a.eager_on_1, not a.no_distilled)
+    runs = plan(a.gpus, 2 if a.tiny else a.epochs, a.tiny, a.eager_on_1, not a.no_distilled, a.distilled_budget)
     command_line = "python benchmarks/ddp_speed.py" + (f" {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     with tempfile.TemporaryDirectory(prefix="ddp_speed_") as tmp:
         work = Path(tmp)
@@ -181,16 +196,20 @@ def main(argv=None) -> int:
         for r in runs:
             print(f"== {r['name']} ({time.perf_counter() - t0:.0f} s so far): {' '.join(command(r, work, data)[3:])}", flush=True)
             done = subprocess.run(command(r, work, data), env=env, cwd=ROOT)  # relative paths mean what they do here
-            if done.returncode != 0:
+            if done.returncode != 0:  # recorded, and the next run goes on: one command on a lent GPU, no second try
                 print(f"ddp_speed: {r['name']} failed (exit status {done.returncode}); see its output above", file=sys.stderr)
-                return 1
+                outs[r["name"]] = {"error": f"exit status {done.returncode}"}
+                continue
             outs[r["name"]] = json.loads((work / f"{r['name']}.json").read_text())
+        if all("error" in o for o in outs.values()):
+            print("ddp_speed: every run failed; nothing written", file=sys.stderr)
+            return 1
     report = summarize(runs, outs, gpu, command_line)
     report["seconds"] = time.perf_counter() - t0
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=1) + "\n")
     print("\n" + table(report) + f"\n(wrote {a.out}; {report['seconds']:.0f} s in all)")
-    return 0
+    return 1 if any("error" in o for o in outs.values()) else 0
 
 
 if __name__ == "__main__":
