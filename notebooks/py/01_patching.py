@@ -119,8 +119,7 @@ print("linear on patches == strided conv:", torch.allclose(emb_linear, emb_conv,
 # All three agree. The conv form is what many libraries use; the reshape form shows what happens.
 # `patch_to_img` undoes the cut exactly, which we use later to draw patches back onto images:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(torch.equal(vh.patch_to_img(vh.img_to_patch(x, P), P, 32), x))
 print(tuple(vh.img_to_patch(torch.zeros(2, 3, 32, 32), 4).shape))
 
@@ -136,8 +135,7 @@ print(tuple(vh.img_to_patch(torch.zeros(2, 3, 32, 32), 4).shape))
 # layers run, and the classifier reads only its final vector. Notebook 04 builds it and shows why
 # it helps.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(f"{'patch':>5} {'tokens':>7} {'values/token':>13} {'attention pairs':>16} {'forward MFLOPs':>15}")
 for p in (2, 4, 8, 16):
     a = vh.ModelArgs(patch_size=p)

@@ -176,8 +176,7 @@ for kind in (PreNormBlock, PostNormBlock):
 # Attention: four D x D matrices (no biases, as in the article). Two LayerNorms: 2·D each. MLP:
 # D·hidden + hidden, then hidden·D + D.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 a = vh.ModelArgs()  # the article's config: D=256, hidden=512
 Dm, Hd = a.dim, a.hidden_dim
 attn = 4 * Dm * Dm

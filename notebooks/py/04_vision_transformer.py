@@ -282,8 +282,7 @@ print("share of [CLS]'s attention on the 64 patches, per layer:", " ".join(f"{s:
 #
 # ## Where the parameters live
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 rows = parameter_table(model)
 total = vh.count_parameters(model)
 for name, n in rows:
@@ -320,8 +319,7 @@ except ValueError as e:
 # Matrix multiplies dominate. `flops_per_image` counts them: FLOPs are floating-point operations,
 # 2 per multiply-add. A training step costs about 3x the forward pass.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(f"{'preset':8s} {'params':>10s} {'fwd GFLOPs':>11s}  config")
 for name, a in vh.MODEL_PRESETS.items():
     n = vh.count_parameters(vh.VisionTransformer(a))
