@@ -81,8 +81,8 @@ def test_the_twin_check_catches_a_lost_tag(tmp_path):
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_every_notebook_has_the_same_metadata(name):
-    """Colab's GPU accelerator, the python3 kernel, and nothing that depends on the machine that ran it (a Python
-    version in language_info would make JupyterLab open every stored notebook as already modified)."""
+    """Colab's GPU accelerator, the python3 kernel, and nothing that depends on the machine that ran it (no Python
+    version in language_info, no run timings in the cells)."""
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     assert nb.metadata == run_series.NOTEBOOK_METADATA, (
         f"{name}.ipynb's metadata differs from tools/run_series.py's NOTEBOOK_METADATA:\n{json.dumps(nb.metadata, indent=1)}")

@@ -59,6 +59,17 @@ def test_html_progress_says_stopped_when_closed_early():
     assert "stopped" in fake.bundles[-1]["text/plain"] and "3/10 steps" in fake.bundles[-1]["text/plain"]
 
 
+def test_with_a_budget_the_bar_counts_the_first_epoch_until_the_length_is_fixed():
+    from vit_helpers.train import TrainResult
+
+    budget = CFG.replace(epochs=100, budget_minutes=1.0)
+    log = progress.EpochLog(budget, 8, TrainResult(epochs=100), bar=False)
+    assert log.bar.total == 8, "before the budget fixes the length, 100 epochs would be a false estimate"
+    log.result.epochs = 3  # what Pace.fit_budget chose
+    log.epoch({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5, "lr": 1e-3, "images_per_s": 10.0})
+    assert log.bar.total == 24
+
+
 def test_outside_a_kernel_is_not_jupyter():
     assert not progress.in_jupyter()
 

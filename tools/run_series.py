@@ -96,14 +96,16 @@ def main(argv=None) -> int:
     return 0
 
 
-# Every notebook's metadata, the same for all (tests/test_notebooks_meta.py holds them to it). Nothing in it depends
-# on the machine that ran the notebook: with the Python version in language_info, JupyterLab would mark every stored
-# notebook modified as soon as a kernel of another version started.
+# Every notebook's metadata, the same for all (tests/test_notebooks_meta.py holds them to it), and nothing in it that
+# depends on the machine that ran the notebook (no Python version). JupyterLab copies the running kernel's kernelspec
+# and language_info into a notebook it opens and marks it modified when they differ (checked in a browser with
+# tools/check_jupyterlab.py): the display name below is the one every local ipykernel reports, so only the Python
+# version, which no stored value can match on every machine, is filled in on opening.
 NOTEBOOK_METADATA = {
     "accelerator": "GPU",  # Colab: open on a GPU runtime
     "colab": {"provenance": []},
     "jupytext": {"cell_metadata_filter": "tags,-all", "main_language": "python", "notebook_metadata_filter": "-all"},
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
     "language_info": {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
                       "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
                       "pygments_lexer": "ipython3"},

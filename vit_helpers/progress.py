@@ -77,30 +77,29 @@ class HTMLProgress:
             self.closed = True
             self.draw()
 
-    def status(self) -> str:
-        """One line: the bar's text, e.g. 'training  45% 211/468 steps  0:12 elapsed, ~0:15 left, 17.6 steps/s'."""
+    def status(self) -> tuple[str, str]:
+        """The bar's text in two parts: ('training  45% 211/468 steps', '0:12 elapsed, ~0:15 left, 17.6 steps/s  epoch 1 ...')."""
         elapsed = time.perf_counter() - self.t0
         done = self.n - self.start_n
         rate = done / elapsed if elapsed > 0 and done else 0.0
         pct = f"{100 * self.n / self.total:3.0f}%" if self.total else ""
-        counts = f"{self.n}/{self.total} {self.unit}s"
+        head = "  ".join(p for p in (self.desc, pct, f"{self.n}/{self.total} {self.unit}s") if p)
+        speed = f", {rate:.1f} {self.unit}s/s" if rate else ""
         if self.closed:
-            verb = "done" if self.n >= self.total else "stopped"
-            timing = f"{verb} in {clock(elapsed)}" + (f", {rate:.1f} {self.unit}s/s" if rate else "")
+            timing = f"{'done' if self.n >= self.total else 'stopped'} in {clock(elapsed)}{speed}"
         else:
-            left = f", ~{clock((self.total - self.n) / rate)} left" if rate else ""
-            timing = f"{clock(elapsed)} elapsed{left}" + (f", {rate:.1f} {self.unit}s/s" if rate else "")
-        extra = "  ".join(f"{k} {v}" for k, v in self.postfix.items())
-        return "  ".join(p for p in (self.desc, pct, counts, timing, extra) if p)
+            timing = f"{clock(elapsed)} elapsed" + (f", ~{clock((self.total - self.n) / rate)} left" if rate else "") + speed
+        return head, "  ".join([timing, *(f"{k} {v}" for k, v in self.postfix.items())])
 
     def bundle(self) -> dict[str, str]:
         """The output as a MIME bundle: {'text/html': ..., 'text/plain': ...}."""
-        status = self.status()
-        plain = "\n".join([*self.lines, status])
+        head, detail = self.status()
+        plain = "\n".join([*self.lines, f"{head}  {detail}"])
+        mono = "font-family: var(--jp-code-font-family, monospace)"
+        bar = (f"<progress value='{min(self.n, self.total)}' max='{max(self.total, 1)}' style='width: 20em; vertical-align: middle'>"
+               f"</progress> <span style='{mono}'>{html.escape(head)}</span>")
         table = f"<pre style='margin: 0.3em 0 0 0'>{html.escape(chr(10).join(self.lines))}</pre>" if self.lines else ""
-        value = min(self.n, self.total)
-        bar = f"<progress value='{value}' max='{max(self.total, 1)}' style='width: 24em; vertical-align: middle'></progress> "
-        return {"text/html": f"<div>{bar}<code>{html.escape(status)}</code>{table}</div>", "text/plain": plain}
+        return {"text/html": f"<div>{bar}<br><span style='{mono}'>{html.escape(detail)}</span>{table}</div>", "text/plain": plain}
 
     def draw(self) -> None:
         self.drawn_at = time.perf_counter()
@@ -145,7 +144,9 @@ class EpochLog:
 
     def __init__(self, cfg: "TrainConfig", steps_per_epoch: int, result: "TrainResult", bar: bool):
         self.cfg, self.spe, self.result, self.header_done = cfg, steps_per_epoch, result, False
-        self.bar = progress_bar(result.epochs * steps_per_epoch, len(result.history) * steps_per_epoch, show=bar)
+        # With a time budget the length is fixed only after the first epoch: until then the bar counts that epoch.
+        epochs = 1 if cfg.budget_minutes and not result.history else result.epochs
+        self.bar = progress_bar(epochs * steps_per_epoch, len(result.history) * steps_per_epoch, show=bar)
 
     def write(self, line: str) -> None:
         self.bar.write(line)  # tqdm writes it above its bar, HTMLProgress into its table, PlainLines prints it
