@@ -135,13 +135,14 @@ def main(argv=None) -> int:
                 outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
                 progress_text = next((t for t in reversed(outputs) if "steps" in t), "")
                 status_line = next((ln for ln in progress_text.splitlines() if "steps" in ln), "")
-                samples.append({"t": round(time.time() - t0, 1), "status": kernel_status(page), "progress": status_line})
+                samples.append({"t": round(time.time() - t0, 1), "status": kernel_status(page), "progress": status_line,
+                                "finished": "done in" in progress_text or "stopped in" in progress_text})
                 if len(samples) == 5:
                     page.screenshot(path=str(out / "1_training.png"))
                 if "trained" in " ".join(outputs) and "Idle" in samples[-1]["status"]:
                     break
             page.screenshot(path=str(out / "2_trained.png"))
-            during = [s for s in samples if s["progress"] and "done" not in s["progress"]]
+            during = [s for s in samples if s["progress"] and not s["finished"]]
             report["samples"] = samples
             report["checks"]["busy_while_training"] = bool(during) and all("Busy" in s["status"] for s in during)
             report["checks"]["progress_moved"] = len({s["progress"].split("steps")[0] for s in during}) > 1
