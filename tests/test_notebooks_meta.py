@@ -14,13 +14,21 @@ NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 TWINS = sorted((NB_DIR / "py").glob("[0-9][0-9]_*.py"))
 EXPECTED = ["01_patching", "02_attention", "03_transformer_block", "04_vision_transformer", "05_training", "06_going_fast", "07_evaluation", "08_lora", "09_distillation"]
 
-spec = importlib.util.spec_from_file_location("sync_headers", ROOT / "tools" / "sync_headers.py")
-sync_headers = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sync_headers)
 
 
-def cells(nb) -> list[tuple[str, str]]:
-    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sync_headers = load_tool("sync_headers")
+run_series = load_tool("run_series")
+
+
+def cells(nb) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ()))) for c in nb.cells]
 
 
 def twin_disagreements(ipynb: Path, py: Path) -> list[str]:
@@ -31,7 +39,8 @@ def twin_disagreements(ipynb: Path, py: Path) -> list[str]:
         if x != y:
             first = next((k for k, (l1, l2) in enumerate(zip(x[1].splitlines(), y[1].splitlines())) if l1 != l2), None)
             where = "" if first is None else f" line {first + 1}: {x[1].splitlines()[first]!r} vs {y[1].splitlines()[first]!r}"
-            problems.append(f"cell {i} ({x[0]} vs {y[0]}){where}")
+            tags = "" if x[2] == y[2] else f" tags {list(x[2])} vs {list(y[2])}"
+            problems.append(f"cell {i} ({x[0]} vs {y[0]}){where}{tags}")
     if len(a) != len(b):
         problems.append(f"{len(a)} cells in the notebook, {len(b)} in the twin")
     return problems
@@ -57,6 +66,47 @@ def test_the_twin_check_catches_an_edit(tmp_path):
     assert twin_disagreements(ipynb, py) == []
     py.write_text(py.read_text().replace("import torch\n", "import torch  # edited\n", 1))
     assert twin_disagreements(ipynb, py)
+
+
+def test_the_twin_check_catches_a_lost_tag(tmp_path):
+    nb = nbformat.read(NB_DIR / "01_patching.ipynb", as_version=4)
+    py, ipynb = tmp_path / "twin.py", tmp_path / "nb.ipynb"
+    jupytext.write(nb, py, fmt="py:percent", config=jupytext.config.load_jupytext_configuration_file(str(ROOT / "jupytext.toml")))
+    nbformat.write(nb, ipynb)
+    assert twin_disagreements(ipynb, py) == []
+    assert '# %% tags=["nbval-check-output"]' in py.read_text(), "jupytext.toml must keep cell tags in the twins"
+    py.write_text(py.read_text().replace('# %% tags=["nbval-check-output"]', "# %%", 1))
+    assert any("tags" in p for p in twin_disagreements(ipynb, py))
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_notebook_has_the_same_metadata(name):
+    """Colab's GPU accelerator, the python3 kernel, and nothing that depends on the machine that ran it (no Python
+    version in language_info, no run timings in the cells)."""
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    assert nb.metadata == run_series.NOTEBOOK_METADATA, (
+        f"{name}.ipynb's metadata differs from tools/run_series.py's NOTEBOOK_METADATA:\n{json.dumps(nb.metadata, indent=1)}")
+    timed = [i for i, c in enumerate(nb.cells) if "execution" in c.metadata]
+    assert not timed, f"{name}.ipynb: cells {timed} keep a run's timings in their metadata"
+
+
+def test_run_series_writes_notebooks_without_volatile_metadata():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1", metadata={"execution": {"iopub.status.busy": "x"}, "tags": ["t"]})])
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)"},
+                   "language_info": {**run_series.NOTEBOOK_METADATA["language_info"], "version": "3.12.3"}, "widgets": {}}
+    out = run_series.without_volatile_metadata(nb)
+    assert out.metadata == run_series.NOTEBOOK_METADATA and "version" not in out.metadata["language_info"]
+    assert out.cells[0].metadata == {"tags": ["t"]}, "tags stay (nbval reads them), timings go"
+    assert "without_volatile_metadata(nb)" in (ROOT / "tools" / "run_series.py").read_text(), "run_series must write through it"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_checked_outputs_are_tagged_not_marked_in_the_code(name):
+    """nbval compares a cell's output when the cell has the tag nbval-check-output; a marker comment would show in
+    the learner's code."""
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    marked = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in c.source]
+    assert not marked, f"{name}.ipynb: cells {marked} carry '# NBVAL_CHECK_OUTPUT'; tag them nbval-check-output instead"
 
 
 @pytest.mark.parametrize("name", EXPECTED)

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         try:
             client.execute()
         finally:
-            nbformat.write(nb, out_dir / nb_path.name)
+            nbformat.write(without_volatile_metadata(nb), out_dir / nb_path.name)
         seconds = time.perf_counter() - t0
         print(f"done in {seconds:.0f} s", flush=True)
         if a.release:
@@ -94,6 +94,31 @@ def main(argv=None) -> int:
     else:
         print(f"test accuracy: not computed (notebook 07 did not run; expected {results})")
     return 0
+
+
+# Every notebook's metadata, the same for all (tests/test_notebooks_meta.py holds them to it), and nothing in it that
+# depends on the machine that ran the notebook (no Python version). JupyterLab copies the running kernel's kernelspec
+# and language_info into a notebook it opens and marks it modified when they differ (checked in a browser with
+# tools/check_jupyterlab.py): the display name below is the one every local ipykernel reports, so only the Python
+# version, which no stored value can match on every machine, is filled in on opening.
+NOTEBOOK_METADATA = {
+    "accelerator": "GPU",  # Colab: open on a GPU runtime
+    "colab": {"provenance": []},
+    "jupytext": {"cell_metadata_filter": "tags,-all", "main_language": "python", "notebook_metadata_filter": "-all"},
+    "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+    "language_info": {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                      "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                      "pygments_lexer": "ipython3"},
+}
+
+
+def without_volatile_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The notebook with NOTEBOOK_METADATA, and its cells without the run's timings (nbclient's 'execution' metadata),
+    so that re-running a notebook changes only its outputs."""
+    nb.metadata = nbformat.from_dict(json.loads(json.dumps(NOTEBOOK_METADATA)))
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    return nb
 
 
 RELEASE_DIR = ROOT / "release"

@@ -16,7 +16,9 @@ def _img(x: torch.Tensor):
     return x.clamp(0, 1).permute(1, 2, 0).numpy()  # (C,H,W)->(H,W,C)
 
 
-def show_images(images: torch.Tensor, titles=None, ncols: int = 8, size: float = 1.4):
+def show_images(images: torch.Tensor, titles=None, ncols: int = 8, size: float = 1.4, fontsize: float = 8):
+    """A grid of images with optional titles. A figure wider than the notebook is scaled down on screen, text
+    included: for long titles use fewer columns or a larger `size` and `fontsize`, not shortened names."""
     n = len(images)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.3)), squeeze=False)
@@ -25,13 +27,14 @@ def show_images(images: torch.Tensor, titles=None, ncols: int = 8, size: float =
         if i < n:
             ax.imshow(_img(images[i]))
             if titles is not None:
-                ax.set_title(titles[i], fontsize=8)
+                ax.set_title(titles[i], fontsize=fontsize)
     fig.tight_layout()
     return fig
 
 
-def show_patch_grid(image: torch.Tensor, patch_size: int, size: float = 3.0):
-    """One image cut into its patches, drawn with gaps so the grid is visible."""
+def show_patch_grid(image: torch.Tensor, patch_size: int, size: float = 4.5, numbers: bool = True):
+    """One image cut into its patches, drawn with gaps so the grid is visible; `numbers` labels each patch with its
+    position in the sequence (row by row, from 0)."""
     from .patching import img_to_patch
 
     x = image.unsqueeze(0)
@@ -39,9 +42,12 @@ def show_patch_grid(image: torch.Tensor, patch_size: int, size: float = 3.0):
     patches = img_to_patch(x, patch_size, flatten_channels=False)[0]  # (N, C, P, P)
     g = image.shape[-1] // patch_size
     fig, axes = plt.subplots(g, g, figsize=(size, size))
-    for ax, p in zip(axes.flat, patches):
+    for k, (ax, p) in enumerate(zip(axes.flat, patches)):
         ax.imshow(_img(p))
         ax.axis("off")
+        if numbers:
+            ax.text(0.04, 0.96, str(k), transform=ax.transAxes, ha="left", va="top", fontsize=6.5, color="black",
+                    bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.75))
     fig.subplots_adjust(wspace=0.08, hspace=0.08)
     return fig
 
@@ -66,40 +72,50 @@ def plot_history(history: list[dict], title: str = ""):
 
 
 def plot_confusion_matrix(cm: torch.Tensor, classes=CIFAR10_CLASSES):
+    """Row-normalised: cell (i, j) is the share of class i's images predicted as j, in percent (each row sums to 100);
+    the diagonal is the per-class accuracy. cm: counts (n_classes, n_classes), rows = true classes."""
     cmn = cm.double() / cm.sum(1, keepdim=True).clamp_min(1)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    im = ax.imshow(cmn.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig, ax = plt.subplots(figsize=(7, 5.8))
+    im = ax.imshow(100 * cmn.numpy(), cmap="Blues", vmin=0, vmax=100)
     ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
     ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (row-normalised)")
+    ax.set(xlabel="predicted class", ylabel="true class", title="confusion matrix, row-normalised (% of each true class)")
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if cmn[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+            pct = 100 * float(cmn[i, j])
+            ax.text(j, i, f"{pct:.0f}" if pct >= 0.5 else "", ha="center", va="center", fontsize=8,
+                    color="white" if pct > 50 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="% of the true class's test images")
     fig.tight_layout()
     return fig
 
 
-def plot_attention_heads(image: torch.Tensor, cls_attn: torch.Tensor, size: float = 1.6, colorbar: bool = False):
-    """The image, then the [CLS] token's attention over the patches for each head. cls_attn: (H, g, g).
+def plot_attention_heads(image: torch.Tensor, cls_attn: torch.Tensor, size: float = 2.2, colorbar: bool = False, ncols: int = 3):
+    """The image, then the [CLS] token's attention over the patches for each head, laid over the image.
+    cls_attn: (H, g, g).
 
     colorbar: one colour scale shared by all heads (0 to the largest weight), with a colour bar.
     """
     H = cls_attn.shape[0]
-    shared = dict(vmin=0.0, vmax=float(cls_attn.max())) if colorbar else {}
-    fig, axes = plt.subplots(1, H + 1, figsize=((H + 1) * size + (0.8 if colorbar else 0), size + 0.4),
-                             layout="constrained" if colorbar else None)
-    axes[0].imshow(_img(image))
-    axes[0].set_title("image", fontsize=8)
+    nrows = math.ceil((H + 1) / ncols)
+    img = _img(image)
+    vmax = float(cls_attn.max())
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size + (1.0 if colorbar else 0), nrows * (size + 0.25)),
+                             squeeze=False, layout="constrained")
+    axes = axes.flatten()
+    axes[0].imshow(img)
+    axes[0].set_title("image", fontsize=10)
+    extent = (-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5)  # one attention cell covers its patch's pixels
     for h in range(H):
-        im = axes[h + 1].imshow(cls_attn[h].cpu().numpy(), cmap="inferno", **shared)
-        axes[h + 1].set_title(f"head {h}", fontsize=8)
+        ax = axes[h + 1]
+        ax.imshow(img)
+        im = ax.imshow(cls_attn[h].cpu().float().numpy(), cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest",
+                       vmin=0.0, vmax=vmax if colorbar else float(cls_attn[h].max()))
+        ax.set_title(f"head {h}", fontsize=10)
     for ax in axes:
         ax.axis("off")
     if colorbar:
-        fig.colorbar(im, ax=axes.tolist(), shrink=0.8, label="attention weight")
-    else:
-        fig.tight_layout()
+        fig.colorbar(im, ax=axes.tolist(), shrink=0.7, label="attention weight of [CLS] on the patch")
     return fig
 
 
@@ -135,14 +151,16 @@ def plot_mean_attention_distance(distances: torch.Tensor, patch_size: int, basel
     baseline: a reference distance in pixels (e.g. that of uniform attention), drawn as a dashed line.
     """
     L, H = distances.shape
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     if baseline is not None:
         ax.axhline(baseline, ls="--", color="gray", lw=1, label=f"uniform attention ({baseline:.1f} px)")
+    offsets = torch.linspace(-0.25, 0.25, H) if H > 1 else torch.zeros(1)  # heads side by side within a layer
     for h in range(H):
-        ax.scatter(range(1, L + 1), distances[:, h].numpy(), s=14, label=f"head {h}")
-    ax.set(xlabel="layer", ylabel="mean attention distance (pixels)", title=f"attention distance per head (patch {patch_size}px)")
+        ax.scatter((torch.arange(1, L + 1) + offsets[h]).numpy(), distances[:, h].numpy(), s=28, label=f"head {h}")
+    ax.plot(range(1, L + 1), distances.mean(1).numpy(), color="black", lw=1, label="mean over heads")
+    ax.set(xlabel="layer", ylabel="mean attention distance (pixels)", title=f"attention distance per head (patch {patch_size} px)")
     ax.set_xticks(range(1, L + 1))
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -180,14 +198,20 @@ def plot_pos_embedding_similarity(sim: torch.Tensor, size: float = 0.8, colorbar
 
 
 def plot_reliability(bins: dict, ece: float):
-    """Reliability diagram: accuracy per confidence bin against the diagonal."""
+    """Reliability diagram: accuracy per confidence bin against the diagonal, each bar labelled with the number of
+    predictions in its bin (a bin of a few predictions is noise), and below it those counts on a log scale."""
     edges = bins["edges"].numpy()
     width = edges[1] - edges[0]
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    has = bins["count"].numpy() > 0
+    count = bins["count"].numpy()
+    has = count > 0
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5.2, 6.0), sharex=True, gridspec_kw=dict(height_ratios=(3, 1.2)))
     ax.bar(edges[:-1][has], bins["accuracy"].numpy()[has], width=width, align="edge", edgecolor="k", label="accuracy")
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.set(xlabel="confidence", ylabel="accuracy", title=f"reliability (ECE = {ece:.3f})", xlim=(0, 1), ylim=(0, 1))
-    ax.legend()
+    for left, acc, n in zip(edges[:-1][has], bins["accuracy"].numpy()[has], count[has]):
+        ax.text(left + width / 2, min(acc, 0.97) + 0.01, f"{int(n):,}", ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set(ylabel="accuracy", title=f"reliability (ECE = {ece:.3f}); bar labels: predictions per bin", xlim=(0, 1), ylim=(0, 1.12))
+    ax.legend(loc="upper left")
+    ax_n.bar(edges[:-1][has], count[has], width=width, align="edge", edgecolor="k", color="tab:gray")
+    ax_n.set(xlabel="confidence", ylabel="predictions", yscale="log")
     fig.tight_layout()
     return fig

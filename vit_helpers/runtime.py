@@ -30,12 +30,13 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def describe() -> str:
-    """One line saying which mode this run is in and on what hardware."""
+    """Which mode this run is in and on what hardware: a short line, then what the mode trains on indented below
+    (one long line would wrap mid-word in a notebook's output)."""
     hw = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     why = f"forced by {MODE_ENV}" if os.environ.get(MODE_ENV) else ("a GPU was found" if MODE == "full" else "no GPU was found")
-    what = ("full training recipe" if MODE == "full" else
-            "training: a small model on a subset (real results, smaller); analysis: the released full model")
-    return f"Mode: {MODE} ({why}); device: {hw}; {what}"
+    what = (["training: the full recipe"] if MODE == "full" else
+            ["training: a small model on a subset (real results, smaller)", "analysis: the released full model"])
+    return "\n  ".join([f"Mode: {MODE} ({why}); device: {hw}", *what])
 
 
 def print_mode() -> None:

@@ -23,6 +23,7 @@ from . import distributed
 from .compile_cache import CompileCache
 from .config import RECIPES, TrainConfig, recipe  # noqa: F401  (re-exported: the notebooks import them from here)
 from .data import GPUBatches, ImageData, classic_loader, train_val_split
+from .progress import EpochLog  # the table and the progress display (an HTML display in Jupyter, tqdm in a terminal)
 from .step import (TrainStep, autocast_settings, check_teacher, freeze_teacher, make_optimizer, make_step,  # noqa: F401
                    param_groups, set_lr, teacher_loss)  # (re-exported: the notebooks and tests import them from here)
 
@@ -247,41 +248,6 @@ def load_or_train(model: nn.Module, data: ImageData, cfg: TrainConfig, checkpoin
 def show_progress_bar() -> bool:
     """Progress bars are for people watching; headless runs (VIT_PROGRESS=0: CI, the stored notebooks) log a table only."""
     return os.environ.get("VIT_PROGRESS", "1").strip() != "0"
-
-
-class EpochLog:
-    """A compact table, one line every `cfg.log_every` epochs (and the first and last), and an optional progress bar."""
-
-    def __init__(self, cfg: TrainConfig, steps_per_epoch: int, result: TrainResult, bar: bool):
-        if bar:  # a widget in Jupyter, text in a terminal
-            from tqdm.auto import tqdm
-        else:  # tqdm.auto would warn at import where ipywidgets is missing, even for a bar never shown
-            from tqdm import tqdm
-
-        self.cfg, self.spe, self.result, self.header_done = cfg, steps_per_epoch, result, False
-        self.bar = tqdm(total=result.epochs * steps_per_epoch, initial=len(result.history) * steps_per_epoch,
-                        disable=not bar, desc="training", unit="step", mininterval=1.0, leave=False)
-
-    def write(self, line: str) -> None:
-        self.bar.write(line)  # above the bar, without breaking it
-
-    def note(self, line: str | None) -> None:
-        if line:
-            self.write(line)
-
-    def epoch(self, r: dict) -> None:
-        n, total = r["epoch"], self.result.epochs
-        self.bar.total = total * self.spe  # a budget may have changed it after the first epoch
-        self.bar.set_postfix(epoch=n, loss=f"{r['train_loss']:.3f}", val_acc=f"{r['val_acc']:.3f}", refresh=False)
-        if n == 1 or n % self.cfg.log_every == 0 or n == total:
-            if not self.header_done:
-                self.write(f"{'epoch':>9}  {'train loss':>10}  {'train acc':>9}  {'val loss':>8}  {'val acc':>7}  {'lr':>8}  {'img/s':>8}  {'time':>6}")
-                self.header_done = True
-            self.write(f"{f'{n}/{total}':>9}  {r['train_loss']:10.3f}  {r['train_acc']:9.3f}  {r['val_loss']:8.3f}  "
-                       f"{r['val_acc']:7.3f}  {r['lr']:8.2e}  {r['images_per_s']:8,.0f}  {self.result.train_seconds:5.0f}s")
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 class Pace:

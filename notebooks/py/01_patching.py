@@ -87,14 +87,14 @@ print("sequence of vectors:", tuple(patches.shape))
 # %% [markdown]
 # Four shapes: the permute is the only step that moves data; the reshapes only re-label axes.
 # The result is a sequence of N = 64 vectors of C·P·P = 48 numbers. Here are the horse's
-# (image 7's) 64 patches, drawn apart with small gaps:
+# (image 7's) 64 patches, drawn apart with small gaps, each numbered with its place in the sequence:
 
 # %%
 fig = show_patch_grid(images[7], P)
 
 # %% [markdown]
 # The patches are read row by row, left to right: patch 0 is the top-left one, patch 1 the top
-# row's second, patch 8 the first of the second row.
+# row's second, patch 8 the first of the second row, patch 63 the bottom-right one.
 #
 # ## Checking it against two independent formulations
 # `torch.nn.functional.unfold` extracts sliding blocks; with stride equal to the block size they are
@@ -119,8 +119,7 @@ print("linear on patches == strided conv:", torch.allclose(emb_linear, emb_conv,
 # All three agree. The conv form is what many libraries use; the reshape form shows what happens.
 # `patch_to_img` undoes the cut exactly, which we use later to draw patches back onto images:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(torch.equal(vh.patch_to_img(vh.img_to_patch(x, P), P, 32), x))
 print(tuple(vh.img_to_patch(torch.zeros(2, 3, 32, 32), 4).shape))
 
@@ -135,9 +134,12 @@ print(tuple(vh.img_to_patch(torch.zeros(2, 3, 32, 32), 4).shape))
 # BERT): it holds no pixels, is learned like a weight, gathers information from the patches as the
 # layers run, and the classifier reads only its final vector. Notebook 04 builds it and shows why
 # it helps.
+#
+# The last column is the cost of one forward pass of the article's model for one image, counted in
+# **FLOPs** (floating-point operations; a multiply-add counts as two) and given in **MFLOPs**
+# (millions of FLOPs). Notebook 04 shows where they come from.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(f"{'patch':>5} {'tokens':>7} {'values/token':>13} {'attention pairs':>16} {'forward MFLOPs':>15}")
 for p in (2, 4, 8, 16):
     a = vh.ModelArgs(patch_size=p)
@@ -145,7 +147,6 @@ for p in (2, 4, 8, 16):
     print(f"{p:>5} {tokens:>7} {3 * p * p:>13} {tokens**2:>16,} {vh.flops_per_image(a) / 1e6:>15,.0f}")
 
 # %% [markdown]
-# (FLOPs: floating-point operations, two per multiply-add; MFLOPs: millions of them, for one image.)
 # Patch 2 would give 257 tokens and about 4.6x the compute of patch 4; patch 8 only 17 tokens, each
 # summarising a quarter of the image's width. The article (and we) use patch 4: 65 tokens.
 #

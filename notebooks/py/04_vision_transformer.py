@@ -103,8 +103,10 @@ fig = draw_vit(vh.ModelArgs())
 #   numbers, the same for every image, put in front of the patch tokens; the classifier reads it at the end;
 # - **position embedding**: one learned vector per position (65 of them), added to the token at that
 #   position, so a token carries *where* it is as well as *what* it shows;
-# - **dropout**: during training, randomly zeroes a fraction of the numbers (0.2 here) so the model
-#   cannot rely on any single one; in evaluation mode (`.eval()`) it does nothing;
+# - **dropout**: during training, randomly zeroes a fraction of the numbers (the article's 0.2, the
+#   default of `ModelArgs`) so the model cannot rely on any single one; in evaluation mode (`.eval()`)
+#   it does nothing. The model notebook 05 trains sets it to 0: MixUp/CutMix and TrivialAugment
+#   regularise it enough (its recipe's comment in `vit_helpers/config.py` gives the measurements);
 # - **head**: the final `nn.Linear` from D to the 10 classes; its outputs are **logits**, one
 #   unnormalised score per class (softmax turns them into probabilities).
 #
@@ -191,9 +193,10 @@ print(f"notebook VisionTransformer == vh.VisionTransformer: {diff < 1e-5} (max |
 # %% [markdown]
 # Same names, same outputs: our 30 lines are the model. From here on the series uses
 # `vh.VisionTransformer`, which adds what training and analysis need around the same computation:
-# input checks with clear error messages, a careful initialisation of every layer, stochastic depth
-# (`drop_path`: while training, skip a whole block for some images, used by notebook 05's recipe),
-# and a forward pass split in two, `forward_features` (all tokens) and `forward_head` (classify
+# input checks with clear error messages, a careful initialisation of every layer, an option for
+# stochastic depth (`drop_path`: while training, skip a whole block's branches for some images; off by
+# default, and off in the model notebook 05 trains, which measured no gain from it), and a forward pass
+# split in two, `forward_features` (all tokens) and `forward_head` (classify
 # [CLS]), so notebook 07 can read every token and attention map:
 
 # %%
@@ -282,8 +285,7 @@ print("share of [CLS]'s attention on the 64 patches, per layer:", " ".join(f"{s:
 #
 # ## Where the parameters live
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 rows = parameter_table(model)
 total = vh.count_parameters(model)
 for name, n in rows:
@@ -320,8 +322,7 @@ except ValueError as e:
 # Matrix multiplies dominate. `flops_per_image` counts them: FLOPs are floating-point operations,
 # 2 per multiply-add. A training step costs about 3x the forward pass.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(f"{'preset':8s} {'params':>10s} {'fwd GFLOPs':>11s}  config")
 for name, a in vh.MODEL_PRESETS.items():
     n = vh.count_parameters(vh.VisionTransformer(a))

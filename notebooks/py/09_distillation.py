@@ -162,7 +162,10 @@ print(f"ViT after 1 block: token of patch column c (shifted image) vs column c -
 # order of airbench (K. Jordan, 2024, arXiv:2404.00498): a 3x3 convolution stem, then three stages
 # that each convolve, halve the resolution with 2x2 max-pooling, normalise (BatchNorm) and apply GELU,
 # two of them followed by a residual pair of convolutions; a global max-pool and a linear head finish.
-# It trains the way fast CNN recipes do: SGD with Nesterov momentum, a large learning rate, weight
+# It trains the way fast CNN recipes do: SGD with **Nesterov momentum** (momentum keeps a running
+# sum of past gradients, v ← 0.9·v + g, and steps along it, which smooths the noisy gradients of small
+# batches; Nesterov's variant computes the step as if the momentum step had already been taken,
+# w ← w - lr·(g + 0.9·v), which corrects an overshoot one step earlier), a large learning rate, weight
 # decay, label smoothing, and only crops and flips (no MixUp: a teacher should be decisive).
 #
 # The `teacher` recipe (24 epochs on the GPU; `teacher_quick`, a 0.41M-parameter version for 4
@@ -438,7 +441,8 @@ print("saved", checkpoint.shown(out))
 # t_args, t_cfg = recipe("teacher_quick")
 # torch.manual_seed(0)
 # teacher = build_model(t_args)
-# train(teacher, data, t_cfg.replace(epochs=2, train_subset=2000, val_size=500), progress=False)
+# rt = train(teacher, data, t_cfg.replace(epochs=2, train_subset=2000, val_size=500), progress=False)
+# print(f"teacher: validation accuracy {rt.best_val_acc:.3f}")
 # s_args, s_cfg = recipe("distilled_quick")
 # s_args = s_args.replace(dim=64, hidden_dim=128, n_heads=2, n_layers=2)
 # s_cfg = s_cfg.replace(epochs=2, train_subset=2000, val_size=500)
@@ -474,7 +478,8 @@ print("saved", checkpoint.shown(out))
 # t_args, t_cfg = recipe("teacher_quick")
 # torch.manual_seed(0)
 # teacher = build_model(t_args)
-# train(teacher, data, t_cfg.replace(epochs=2, train_subset=2000, val_size=500), progress=False)
+# rt = train(teacher, data, t_cfg.replace(epochs=2, train_subset=2000, val_size=500), progress=False)
+# print(f"teacher: validation accuracy {rt.best_val_acc:.3f}")
 # s_args, s_cfg = recipe("distilled_quick")
 # s_args = s_args.replace(dim=64, hidden_dim=128, n_heads=2, n_layers=2)
 # s_cfg = s_cfg.replace(epochs=2, train_subset=2000, val_size=500)
@@ -484,10 +489,22 @@ print("saved", checkpoint.shown(out))
 #     print(f"w = {w}: best validation accuracy {r.best_val_acc:.3f}")
 # ```
 #
-# With w = 1 the student learns to imitate the teacher, and still scores well against the true labels,
-# because the teacher's answers are mostly right: it never sees a label, yet it learns the task. Its
-# accuracy is bounded by how well it copies a teacher that is itself imperfect, which is why w = 0.5
-# keeps the labels in the loss.
+# Output of a run in quick mode on a CPU (2 cores), the epoch tables left out:
+#
+# ```text
+# teacher: validation accuracy 0.288
+# w = 0.0: best validation accuracy 0.246
+# w = 0.5: best validation accuracy 0.210
+# w = 1.0: best validation accuracy 0.186
+# ```
+#
+# This tiny teacher, 2 epochs on 2,000 images, is right on only 29% of the validation images (chance
+# is 10%): most of its answers are wrong. The student follows it: the more weight on the teacher, the
+# lower the student's accuracy, and with w = 1, where it never sees a label, it still gets 19%, well
+# above chance, learning only what the teacher gets right more often than by luck. A student is
+# bounded by how well it copies its teacher, which is why distillation needs a teacher better than the
+# student (09's real teacher is right about 90% of the time) and why w = 0.5 keeps the labels in the
+# loss. Exercise 3 pushes this to a teacher near chance.
 #
 # </details>
 #
