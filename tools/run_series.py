@@ -16,6 +16,8 @@ part adds to release/, and every part must run on the same kind of GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -149,6 +151,19 @@ def open_manifest() -> tuple[dict, dict]:
     return manifest, here
 
 
+@contextlib.contextmanager
+def manifest_lock():
+    """Parts of one release may run at once, one per GPU of a machine (e.g. 05 on one, the benchmark on another):
+    each reads, changes and writes release/manifest.json under this lock, so no part's record overwrites another's."""
+    RELEASE_DIR.mkdir(exist_ok=True)
+    with open(RELEASE_DIR / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def write_manifest(manifest: dict) -> None:
     RELEASE_DIR.mkdir(exist_ok=True)
     (RELEASE_DIR / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -156,20 +171,27 @@ def write_manifest(manifest: dict) -> None:
 
 def run_release_benchmark() -> None:
     """One invocation of benchmarks/train_speed.py over RELEASE_BENCHMARK, into release/benchmark.json."""
-    manifest, here = open_manifest()
+    open_manifest()  # refuses another GPU before the benchmark runs
     out = RELEASE_DIR / "benchmark.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--recipes", ",".join(RELEASE_BENCHMARK), "--out", str(out)]
     print("running the benchmark:", " ".join(["benchmarks/train_speed.py", *cmd[3:-1], "release/benchmark.json"]), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
-    manifest.update(here)
-    manifest["benchmark"] = {"file": "release/benchmark.json", "rows": list(RELEASE_BENCHMARK), "date": here["date"],
-                             "seconds": round(time.perf_counter() - t0, 1)}
-    write_manifest(manifest)
+    with manifest_lock():  # read again: other parts may have added to it meanwhile
+        manifest, here = open_manifest()
+        manifest.update(here)
+        manifest["benchmark"] = {"file": "release/benchmark.json", "rows": list(RELEASE_BENCHMARK), "date": here["date"],
+                                 "seconds": round(time.perf_counter() - t0, 1)}
+        write_manifest(manifest)
 
 
 def record_release(notebook: str, seconds: float) -> None:
     """Add one executed notebook to release/manifest.json; after 05, its best model becomes the released weights."""
+    with manifest_lock():
+        _record_release(notebook, seconds)
+
+
+def _record_release(notebook: str, seconds: float) -> None:
     from vit_helpers import checkpoint
 
     manifest, here = open_manifest()

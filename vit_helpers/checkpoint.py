@@ -260,7 +260,8 @@ def trained_model(recipe_name: str, device=None) -> tuple[VisionTransformer, dic
     if not paths.RELEASED_WEIGHTS.is_file():
         raise FileNotFoundError(f"no checkpoint at {shown(local)} and no released weights at {shown(paths.RELEASED_WEIGHTS)}; run notebook 05 first")
     model, ckpt = load_model(paths.RELEASED_WEIGHTS, device)
-    return model, ckpt, (f"released weights ({paths.RELEASED_WEIGHTS.name}, fast recipe on an H100), because "
+    made_by = ckpt.get("made_by") or "the release"  # e.g. "notebook 05_training, release on <GPU> (<date>)"
+    return model, ckpt, (f"released weights ({paths.RELEASED_WEIGHTS.name}, {made_by}), because "
                          f"notebook 05 has not saved {shown(local)} yet")
 
 
