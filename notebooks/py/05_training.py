@@ -61,8 +61,8 @@ data = load_cifar10()
 print(f"{len(data.train_x):,} training and {len(data.test_x):,} test images: {data.train_x.dtype} tensor of shape {tuple(data.train_x.shape)}")
 
 # %% [markdown]
-# The images are one `uint8` tensor (whole numbers 0-255, one byte per value: 150 MB for all of
-# CIFAR-10), decoded once from the files, in the layout (N, C, H, W) the model takes.
+# The images are `uint8` tensors (whole numbers 0-255, one byte per value: about 150 MB for the
+# 50,000 training images), decoded once from the files, in the layout (N, C, H, W) the model takes.
 #
 # ## A clean validation split
 # We hold out 5,000 of the 50,000 training images, with a fixed seed, to measure progress and choose
@@ -85,7 +85,7 @@ print(len(train_idx), "training images,", len(val_idx), "validation images, over
 # batches. And every time an image is used, it is changed a little at random (**augmentation**), so
 # the model never sees exactly the same picture twice and has to learn what stays the same.
 #
-# The simplest augmentation, used for CIFAR since 2012: a **random crop**, which pads the image with 4
+# The standard augmentation for CIFAR: a **random crop**, which pads the image with 4
 # black pixels on each side and cuts a 32x32 window at a random place (the image moves by up to 4
 # pixels), and a **horizontal flip** with probability 1/2 (a mirrored cat is still a cat; an upside-down
 # one is rare). Written out:
@@ -116,7 +116,8 @@ print(f"{int(flip.sum())} of 64 flipped, shifts from {int(shift.min())} to {int(
       f"largest difference from the package: {(mine - package).abs().max():.1e}")
 
 # %% [markdown]
-# The same images, to rounding (the package's way goes through floating-point coordinates).
+# Identical: the package's way goes through floating-point coordinates, but whole-pixel shifts make it
+# copy pixels exactly.
 #
 # Batches are made by a small class: iterating over it once is one epoch. It shuffles (a new order
 # from its own random generator every epoch), cuts the order into batches, augments each batch, and
@@ -177,8 +178,9 @@ fig = show_images(torch.cat([data.train_x[one_per_class].float() / 255, *map(sho
 # together (09 shows this), so on 45,000 images it memorises them quickly. The recipe below adds
 # **TrivialAugment** (Müller & Hutter, 2021): before the crop and flip, each image gets *one*
 # operation, chosen at random among these, at a strength `s` drawn uniformly between 0 and 1 and in a
-# random direction `d` (+1 or -1). Nothing to tune: that is the "trivial" part. The table is built
-# from the package's own list:
+# random direction `d` (+1 or -1). Nothing to tune: that is the "trivial" part. The `fast` recipe uses
+# it (`augment="trivial"`); the `quick` one, crops and flips only. The table is built from the
+# package's own list:
 
 # %%
 print(f"{'operation':<13} {'kind':<10} what it does (s: strength in [0, 1], d: +1 or -1)")
@@ -302,11 +304,13 @@ y1, y2, x1, x2 = cutmix_box(lam_cut, H, W, cy, cx)
 pkg_mix = augment.mix_batch(x, y, torch.tensor([1.0, lam_mix, 0, 0, 0, 0]), 10)
 pkg_cut = augment.mix_batch(x, y, torch.tensor([2.0, 1 - (y2 - y1) * (x2 - x1) / (H * W), x1, y1, x2, y2]), 10)
 print(f"MixUp  lam = {lam_mix:.3f}: images equal {torch.allclose(mixed[0], pkg_mix[0])}, soft labels equal {torch.allclose(mixed[1], pkg_mix[1])}")
-print(f"CutMix lam = {lam_cut:.3f}, box rows {y1}:{y2}, columns {x1}:{x2}: images equal {torch.equal(cut[0], pkg_cut[0])}, "
+print(f"CutMix lam drawn {lam_cut:.3f}, box rows {y1}:{y2}, columns {x1}:{x2}, lam = share left {1 - (y2 - y1) * (x2 - x1) / (H * W):.3f}: "
+      f"images equal {torch.equal(cut[0], pkg_cut[0])}, "
       f"soft labels equal {torch.allclose(cut[1], pkg_cut[1])}")
 
 # %% [markdown]
-# Both agree with the package. What the model sees, with the two largest entries of each soft label
+# Both agree with the package. Where the box reaches past an edge it is clipped, and the share left
+# differs from the `lam` drawn; the labels follow the share. What the model sees, with the two largest entries of each soft label
 # (top row MixUp, bottom row CutMix):
 
 # %%
@@ -334,7 +338,8 @@ fig = show_images(torch.cat([mixed[0], cut[0]]), titles=[label_title(t) for t in
 # and by PyTorch:
 
 # %%
-logits = torch.randn(8, 10)
+torch.manual_seed(0)
+logits = torch.randn(8, 10)  # as if from a model: 8 images, 10 classes
 soft = mixed[1]  # the MixUp soft labels from above, (8, 10)
 by_hand = -(soft * logits.log_softmax(-1)).sum(-1).mean()
 print(f"soft-label cross-entropy: by hand {by_hand:.6f}, F.cross_entropy {F.cross_entropy(logits, soft):.6f}")
@@ -371,18 +376,19 @@ def my_param_groups(model, weight_decay):
 
 
 mine, package = my_param_groups(model, cfg.weight_decay), param_groups(model, cfg.weight_decay)
-print("decayed:", sum(p.numel() for p in mine[0]["params"]), "parameters; not decayed:", sum(p.numel() for p in mine[1]["params"]))
+n_decay, n_rest = (sum(p.numel() for p in group["params"]) for group in mine)
+print(f"decayed: {n_decay:,} parameters; not decayed: {n_rest:,} ({n_rest / (n_decay + n_rest):.1%})")
 print("equal to vit_helpers.train.param_groups:", all([id(p) for p in a["params"]] == [id(p) for p in b["params"]] for a, b in zip(mine, package)))
 
 # %% [markdown]
-# Nearly all parameters are in matrices; the few thousand others (norms, biases, the [CLS] token,
+# Nearly all parameters are in matrices; the few percent of others (norms, biases, the [CLS] token,
 # the positions) are left alone.
 #
 # ## The schedule: warmup, then cosine
 # The learning rate changes during training. It **warms up**: it rises linearly from near 0 to its
 # peak over the first epochs. Why: at step 0 Adam's running averages hold one noisy batch, so its
 # first updates move every weight by about the full learning rate in a direction that batch alone
-# chose; at lr 1e-3 with batch 512 (this recipe) that can push a fresh transformer somewhere it
+# chose; at lr 1e-3 with batch 512 (the `fast` recipe) that can push a fresh transformer somewhere it
 # recovers from slowly. Pre-norm blocks (03) make training stable, not warmup-free; a few epochs of
 # warmup cost almost nothing. Then it follows half a **cosine** down to zero at the end: large steps
 # while far from a good solution, ever smaller ones to settle into it. Written out, per step:
@@ -510,11 +516,12 @@ def fit(model, optimizer, batches, val_batches, cfg, epochs, warmup_epochs, prin
 # %% [markdown]
 # Now it trains for real, with this mode's model and recipe settings (batch size, peak learning
 # rate, weight decay, label smoothing, clipping) and our crop-and-flip batches. On a GPU that is the
-# article's model on all 45,000 training images for 25 epochs, about a minute on a recent GPU; on a
-# CPU the small model on 10,000 of them for 4 epochs, about a minute on two cores. Short runs like
-# these use crops and flips alone: MixUp, CutMix and TrivialAugment fight overfitting, which only
-# long runs reach (the recipe below; exercise 1 measures mixing in a short run). The images go to the
-# GPU once, as uint8, and the batches are made there:
+# article's model on all 45,000 training images for 25 epochs, about a minute on an H100-class GPU;
+# on a CPU the small model on 10,000 of them for 4 epochs, about a minute on two idle cores (the
+# printed seconds say how long it took here). Short runs like these use crops and flips alone:
+# MixUp, CutMix and TrivialAugment fight overfitting, which only long runs reach (the recipe below;
+# exercise 1 measures mixing in a short run). The images go to the GPU once, as uint8, and the
+# batches are made there:
 
 # %%
 EPOCHS, WARMUP_EPOCHS = (25, 2) if runtime.MODE == "full" else (4, 1)
@@ -543,6 +550,8 @@ axes[1].plot(ep, [h["val_acc"] for h in history], "o-")
 axes[1].set(title="validation accuracy", xlabel="epoch", ylim=(0, 1))
 axes[2].plot(ep, [h["lr"] for h in history], "o-")
 axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+for ax in axes:
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # whole epochs
 fig.tight_layout()
 print(f"best validation accuracy {max(h['val_acc'] for h in history):.1%} (chance: 10%), after {history[-1]['seconds']:.0f} s of training")
 
