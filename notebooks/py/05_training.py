@@ -518,7 +518,8 @@ def fit(model, optimizer, batches, val_batches, cfg, epochs, warmup_epochs, prin
 # rate, weight decay, label smoothing, clipping) and our crop-and-flip batches. On a GPU that is the
 # article's model on all 45,000 training images for 25 epochs, about a minute on an H100-class GPU;
 # on a CPU the small model on 10,000 of them for 4 epochs, about a minute on two idle cores (the
-# printed seconds say how long it took here). Short runs like these use crops and flips alone:
+# printed seconds say how long it took here; a Colab T4 needs several times longer: lower `EPOCHS`
+# there if you are in a hurry). Short runs like these use crops and flips alone:
 # MixUp, CutMix and TrivialAugment fight overfitting, which only long runs reach (the recipe below;
 # exercise 1 measures mixing in a short run). The images go to the GPU once, as uint8, and the
 # batches are made there:
@@ -788,8 +789,8 @@ print("best checkpoint, which notebooks 07 and 08 load in full mode:", vh.checkp
 # ```
 #
 # GELU is ahead by less than a point for each seed, while changing the seed moves either by about two
-# points: in a run this small the activation makes no difference you could trust. (The differences
-# reported for GELU are small gains in long runs of large models.)
+# points: in a run this small the activation makes no difference you could trust. To tell two
+# settings apart, a difference has to be larger than the spread between seeds.
 #
 # </details>
 #
