@@ -381,8 +381,8 @@ print(f"decayed: {n_decay:,} parameters; not decayed: {n_rest:,} ({n_rest / (n_d
 print("equal to vit_helpers.train.param_groups:", all([id(p) for p in a["params"]] == [id(p) for p in b["params"]] for a, b in zip(mine, package)))
 
 # %% [markdown]
-# Nearly all parameters are in matrices; the few percent of others (norms, biases, the [CLS] token,
-# the positions) are left alone.
+# Nearly all parameters are in matrices; the rest, a few percent at most (norms, biases, the [CLS]
+# token, the positions), is left alone.
 #
 # ## The schedule: warmup, then cosine
 # The learning rate changes during training. It **warms up**: it rises linearly from near 0 to its
