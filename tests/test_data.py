@@ -419,3 +419,46 @@ def test_ranks_take_their_share_of_one_global_batch():
         D.GPUBatches(x, y, 20, rank=0, world_size=3, **kw)
     with pytest.raises(ValueError, match="need drop_last=True"):
         D.GPUBatches(x, y, 20, rank=0, world_size=2)
+
+
+# ---- the pieces notebook 05 writes out by hand, against the policy's own code ----
+
+def test_crop_flip_equals_a_slicing_reference():
+    """The affine path (one grid_sample) copies whole pixels: a crop of the zero-padded image, then a mirror."""
+    from vit_helpers.augment import augment_from_draws, crop_flip_from_draws, draw
+
+    x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    u = draw(32, torch.Generator().manual_seed(1))
+    flip, shift = crop_flip_from_draws(u, pad=4)
+    assert flip.any() and (~flip).any() and shift.min() == -4 and shift.max() == 4
+    padded = torch.nn.functional.pad(x.float() / 255, (4, 4, 4, 4))
+    ref = torch.stack([padded[b, :, 4 + dy:4 + dy + 16, 4 + dx:4 + dx + 16] for b, (dx, dy) in enumerate(shift.long().tolist())])
+    ref = torch.where(flip.view(-1, 1, 1, 1), ref.flip(-1), ref)
+    torch.testing.assert_close(augment_from_draws(x, u, "crop_flip"), ref, atol=1e-6, rtol=0)
+
+
+def test_apply_op_is_the_op_the_policy_draws():
+    """With no flip and no shift, the trivial policy's image for a drawn op equals apply_op with that op."""
+    from vit_helpers.augment import DRAWS, TRIVIAL_OPS, apply_op, augment_from_draws, draw
+
+    x = torch.randint(40, 200, (8, 3, 32, 32), dtype=torch.uint8)  # not the full range, so autocontrast changes it
+    for k, name in enumerate(TRIVIAL_OPS):
+        u = draw(8, torch.Generator().manual_seed(k))
+        u[:, DRAWS["op"]] = (k + 0.5) / len(TRIVIAL_OPS)
+        u[:, DRAWS["flip"]] = 0.9  # no flip
+        u[:, DRAWS["shift"]] = 0.5  # shift 0
+        sign = torch.where(u[:, DRAWS["sign"]] < 0.5, -1.0, 1.0)
+        expected = apply_op(x.float() / 255, name, u[:, DRAWS["strength"]], sign)
+        torch.testing.assert_close(augment_from_draws(x, u, "trivial"), expected, atol=1e-5, rtol=0, msg=name)
+        if name != "identity":
+            assert not torch.allclose(expected, x.float() / 255), f"{name} left the images unchanged"
+
+
+def test_trivial_ops_table_covers_every_op_and_unknown_ops_are_named():
+    from vit_helpers.augment import TRIVIAL_OPS, apply_op, trivial_ops
+
+    table = trivial_ops()
+    assert [name for name, _, _ in table] == list(TRIVIAL_OPS)
+    assert dict((n, k) for n, k, _ in table)["rotate"] == "geometric" and "30" in dict((n, e) for n, _, e in table)["rotate"]
+    with pytest.raises(ValueError, match="unknown operation 'equalize'"):
+        apply_op(torch.rand(2, 3, 8, 8), "equalize", 0.5)

@@ -17,6 +17,11 @@ The exercises live in the "## Exercises" markdown at the end of each notebook, i
 
 Each ```python block inside a Solution runs in a fresh interpreter, with cwd notebooks/ and VIT_MODE=quick,
 as a learner would run it by pasting it into a new cell.
+
+A solution shows what it produces: a ```text block after its code holds the output of a real run, introduced by
+a line that names the mode (e.g. "Output of our run (quick mode, 2 CPU cores):"). Where a solution states its
+output, the run must print the same lines with the same words; only the numbers may differ (timings, and the
+last digits of a float on another CPU). The notebooks in STATES_OUTPUT must state one for every solution.
 """
 from __future__ import annotations
 
@@ -43,6 +48,10 @@ HINT = "<details><summary>Hint</summary>"
 SOLUTION = "<details><summary>Solution</summary>"
 ITEM = re.compile(r"^(\d+)\.\s")  # a top-level numbered item: "1. **Title.** ..."
 CODE = re.compile(r"^[ \t]*```python[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
+OUTPUT = re.compile(r"^[ \t]*```text[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
+MODE_NAMED = re.compile(r"\b(quick|full) mode\b")
+NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
+STATES_OUTPUT = {"05_training"}  # notebooks whose every solution must state its output
 
 
 @dataclass
@@ -51,6 +60,7 @@ class Exercise:
     text: str
     problems: list[str] = field(default_factory=list)
     solutions: list[str] = field(default_factory=list)
+    outputs: list[str | None] = field(default_factory=list)  # the stated output of each solution, or None
 
 
 def exercises_markdown(cells: list[tuple[str, str]]) -> str | None:
@@ -86,10 +96,34 @@ def split_exercises(markdown: str) -> list[Exercise]:
         if "</details>" not in body:
             ex.problems.append(f"exercise {ex.number}: its Solution block is not closed with </details>")
         body = body.split("</details>", 1)[0]
-        ex.solutions = [textwrap.dedent(m.group(1)) for m in CODE.finditer(body)]
+        codes = list(CODE.finditer(body))
+        ex.solutions = [textwrap.dedent(m.group(1)) for m in codes]
         if not ex.solutions:
             ex.problems.append(f"exercise {ex.number}: its Solution has no ```python block")
+        for k, m in enumerate(codes):
+            after = body[m.end():codes[k + 1].start() if k + 1 < len(codes) else len(body)]
+            out = OUTPUT.search(after)
+            ex.outputs.append(textwrap.dedent(out.group(1)) if out else None)
+            if out and not MODE_NAMED.search(after[:out.start()]):
+                ex.problems.append(f"exercise {ex.number}: the output of solution block {k + 1} does not say which "
+                                   "mode it ran in (\"quick mode\" or \"full mode\") before its ```text block")
     return exercises
+
+
+def masked(text: str) -> list[str]:
+    """The lines of an output with every number replaced by # and runs of spaces by one."""
+    return [NUMBER.sub("#", " ".join(line.split())) for line in text.strip().splitlines() if line.strip()]
+
+
+def output_mismatch(printed: str, stated: str) -> str | None:
+    """None when the printed output has the stated one's lines and words (numbers may differ), else the first difference."""
+    got, want = masked(printed), masked(stated)
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g != w:
+            return f"line {i + 1}: printed {g!r}, the notebook states {w!r}"
+    if len(got) != len(want):
+        return f"{len(got)} lines printed, the notebook states {len(want)}"
+    return None
 
 
 def parse_notebook(twin: Path) -> tuple[list[Exercise], list[str]]:
@@ -100,7 +134,11 @@ def parse_notebook(twin: Path) -> tuple[list[Exercise], list[str]]:
     exercises = split_exercises(md)
     if not exercises:
         return [], [f"{twin.stem}: no numbered exercises under '## Exercises'"]
-    return exercises, [p for ex in exercises for p in ex.problems]
+    problems = [p for ex in exercises for p in ex.problems]
+    if twin.stem in STATES_OUTPUT:
+        problems += [f"exercise {ex.number}: solution block {k + 1} shows no output (a ```text block after the code, "
+                     "from a real run, with the mode named)" for ex in exercises for k, out in enumerate(ex.outputs) if out is None]
+    return exercises, problems
 
 
 def run_solution(code: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
@@ -122,6 +160,9 @@ def failures(exercises: list[Exercise], timeout: float = TIMEOUT_S) -> list[str]
             if res.returncode != 0:
                 out.append(f"exercise {ex.number}, solution block {k}: exit code {res.returncode}\n"
                            f"--- code ---\n{code}--- stderr (last 3000 characters) ---\n{res.stderr[-3000:]}")
+            elif k <= len(ex.outputs) and ex.outputs[k - 1] is not None and (why := output_mismatch(res.stdout, ex.outputs[k - 1])):
+                out.append(f"exercise {ex.number}, solution block {k}: its output is not the one the notebook states ({why})\n"
+                           f"--- printed ---\n{res.stdout[-3000:]}")
     return out
 
 
@@ -197,3 +238,23 @@ def test_going_fast_solutions_show_results_from_a_named_mode():
         after_code = body.split("```python", 1)[1].split("```", 1)[1]  # what follows the code block
         assert "```text" in after_code, f"06, exercise {ex.number}: its solution shows no results (a ```text block after the code)"
         assert re.search(r"\b(quick|full) mode\b", after_code), f"06, exercise {ex.number}: name the mode its results come from"
+
+
+STATED = GOOD.replace("It prints ok.", """Output of our run (quick mode):
+
+```text
+ok 1.5 s
+```
+""").replace('print("ok")', 'print("ok", 2.25, "s")')
+
+
+def test_the_checks_compare_a_stated_output_but_not_its_numbers():
+    exercises = split_exercises(exercises_markdown(_section(STATED)))
+    assert exercises[0].outputs == ["ok 1.5 s\n"] and not exercises[0].problems
+    assert not failures(exercises, timeout=30)  # other numbers, same words: accepted
+    wrong = split_exercises(exercises_markdown(_section(STATED.replace("ok 1.5 s", "fine 1.5 s"))))
+    failed = failures(wrong, timeout=30)
+    assert len(failed) == 1 and "is not the one the notebook states" in failed[0] and "fine" in failed[0]
+    no_mode = split_exercises(exercises_markdown(_section(STATED.replace("(quick mode)", "(on a laptop)"))))
+    assert any("which mode" in p for p in no_mode[0].problems)
+    assert output_mismatch("a 1\nb 2\n", "a 3\n") == "2 lines printed, the notebook states 1"

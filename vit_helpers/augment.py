@@ -129,6 +129,15 @@ def draw(n: int, generator: torch.Generator | None = None, device=None) -> torch
     return torch.rand(n, N_DRAWS, generator=generator, device=device)
 
 
+def crop_flip_from_draws(u: torch.Tensor, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flip (B,) bool, shift (B, 2) whole pixels (x, y) in [-pad, pad]) that the draws u (B, N_DRAWS) ask for.
+
+    Output pixel (i, j) of image b is input pixel (i + shift_y, j + shift_x) (0 outside the image: a crop of the
+    zero-padded image), then mirrored left-right where flip is true.
+    """
+    return drawn(u, "flip") < 0.5, torch.floor(drawn(u, "shift") * (2 * pad + 1)) - pad
+
+
 def augment_from_draws(x: torch.Tensor, u: torch.Tensor, policy: str = "trivial", pad: int = 4) -> torch.Tensor:
     """uint8 images (B, C, H, W) and their draws `u` (B, N_DRAWS, see DRAWS) -> augmented float images in [0, 1]."""
     B, C, H, W = x.shape
@@ -142,11 +151,52 @@ def augment_from_draws(x: torch.Tensor, u: torch.Tensor, policy: str = "trivial"
         sign = torch.where(drawn(u, "sign") < 0.5, -1.0, 1.0)
         out = color_ops(out, op, mag, sign)
         geo_op = torch.where(op >= len(COLOR_OPS), op - len(COLOR_OPS), -1)
-    flip = drawn(u, "flip") < 0.5
-    shift = torch.floor(drawn(u, "shift") * (2 * pad + 1)) - pad  # whole pixels in [-pad, pad]
+    flip, shift = crop_flip_from_draws(u, pad)
     theta = affine_matrices(B, u.device, flip=flip, shift=shift, size=W, geo_op=geo_op, mag=mag, sign=sign)
     grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
     return F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp(0, 1)
+
+
+def trivial_ops() -> list[tuple[str, str, str]]:
+    """TrivialAugment's operations as `augment_from_draws` applies them: (name, kind, what it does).
+
+    Each image gets one of them, all equally likely, at a strength s drawn uniformly in [0, 1] and a direction
+    d = +1 or -1 (each with chance 1/2); built from the constants above, so the table stays true to the code.
+    """
+    f = f"factor 1 + {MAX_FACTOR:g}·d·s ({1 - MAX_FACTOR:.1f} to {1 + MAX_FACTOR:.1f})"
+    effects = {
+        "identity": "nothing",
+        "brightness": f"blend with black: {f}",
+        "contrast": f"blend with the image's mean grey: {f}",
+        "color": f"blend with its greyscale copy: {f}",
+        "sharpness": f"blend with a 3x3 blur: {f}",
+        "posterize": "keep 8 - round(4·s) bits per channel (4 to 8)",
+        "solarize": "invert the pixels brighter than 1 - s",
+        "autocontrast": "stretch each channel to the full range (no strength)",
+        "rotate": f"turn by {MAX_ROTATE_DEG:g}·d·s degrees",
+        "shear_x": f"shear sideways by {MAX_SHEAR:g}·d·s",
+        "shear_y": f"shear up or down by {MAX_SHEAR:g}·d·s",
+        "translate_x": f"move sideways by {MAX_TRANSLATE:g}·d·s of the width",
+        "translate_y": f"move up or down by {MAX_TRANSLATE:g}·d·s of the height",
+    }
+    return [(name, "colour" if name in COLOR_OPS else "geometric", effects[name]) for name in TRIVIAL_OPS]
+
+
+def apply_op(x: torch.Tensor, name: str, strength: float | torch.Tensor, sign: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """The TrivialAugment operation `name` on every image of x (B, C, H, W), floats in [0, 1], with strength in
+    [0, 1] and direction sign (+1 or -1), each a number or one per image: the policy's own code, one operation
+    at a time (to show it, or to check one written out by hand)."""
+    if name not in TRIVIAL_OPS:
+        raise ValueError(f"unknown operation {name!r}; TrivialAugment's are {TRIVIAL_OPS}")
+    B = len(x)
+    mag = torch.as_tensor(strength, dtype=x.dtype, device=x.device).expand(B)
+    sign = torch.as_tensor(sign, dtype=x.dtype, device=x.device).expand(B)
+    if name in COLOR_OPS:
+        return color_ops(x, torch.full((B,), COLOR_OPS.index(name), device=x.device), mag, sign)
+    geo_op = torch.full((B,), GEOMETRIC_OPS.index(name), device=x.device)
+    theta = affine_matrices(B, x.device, size=x.shape[-1], geo_op=geo_op, mag=mag, sign=sign)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp(0, 1)
 
 
 def erase_mask(u: torch.Tensor, height: int, width: int, prob: float) -> torch.Tensor:
