@@ -162,3 +162,20 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make test" in ci
+
+
+def test_run_series_kernels_start_quietly_over_ipc(capfd):
+    """make run starts one kernel per notebook: over IPC, not TCP, so ipykernel's unencrypted-TCP warning never prints,
+    and each kernel is shut down by us (no 'Parent appears to have exited' at the end)."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1 + 1)")])
+    km = run_series.ipc_kernel_manager()
+    assert km.transport == "ipc"
+    try:
+        NotebookClient(nb, km=km, timeout=120).execute()
+    finally:
+        km.shutdown_kernel(now=False)
+    assert nb.cells[0].outputs[0]["text"] == "2\n"
+    err = capfd.readouterr().err
+    assert "WARNING" not in err and "without encryption" not in err, err

@@ -16,6 +16,7 @@ part adds to release/, and every part must run on the same kind of GPU.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import fcntl
 import importlib.util
@@ -25,6 +26,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,10 +75,13 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         print(f"running {nb_path.name} ...", end=" ", flush=True)
         nb = nbformat.read(nb_path, as_version=4)
-        client = NotebookClient(nb, timeout=a.cell_timeout, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}})
+        km = ipc_kernel_manager()
+        client = NotebookClient(nb, timeout=a.cell_timeout, km=km, resources={"metadata": {"path": str(nb_path.parent)}})
         try:
             client.execute()
         finally:
+            if km.has_kernel:  # a kernel manager we made is ours to stop (nbclient stops only the ones it makes)
+                km.shutdown_kernel(now=False)
             nbformat.write(without_volatile_metadata(nb), out_dir / nb_path.name)
         seconds = time.perf_counter() - t0
         print(f"done in {seconds:.0f} s", flush=True)
@@ -149,6 +154,16 @@ def open_manifest() -> tuple[dict, dict]:
         raise SystemExit(f"release/manifest.json was made on {manifest['gpu']}, this is {here['gpu']}: one release, one GPU "
                          "(delete release/manifest.json to start a new release)")
     return manifest, here
+
+
+def ipc_kernel_manager():
+    """A python3 kernel reached through Unix sockets in a private folder instead of TCP ports: over TCP, ipykernel warns
+    on every start that its traffic is unencrypted, once per notebook in the terminal. Its real errors still show."""
+    from jupyter_client.manager import KernelManager
+
+    sockets = Path(tempfile.mkdtemp(prefix="vit-kernel-"))  # only this user can reach it; removed at exit
+    atexit.register(shutil.rmtree, sockets, True)
+    return KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "kernel"))
 
 
 @contextlib.contextmanager
