@@ -123,3 +123,21 @@ def test_the_going_fast_notebook_shows_the_release_speed_ladder():
     assert ladder.table() in stored, "06's stored output must show release/speed_ladder.json's table unchanged"
     for row in ladder.rows:
         assert f"{row['step']}: {row['images_per_s']:,.0f} images/s" in stored, f"06 must show the measured {row['step']!r}"
+
+
+def test_readme_quotes_the_several_gpu_run():
+    """The README's several-GPU numbers are release/ddp.json's, measured on the release's kind of GPU, with its date."""
+    path = RELEASE / "ddp.json"
+    assert path.is_file(), "release/ddp.json is missing: python benchmarks/ddp_speed.py on a machine with several GPUs writes it"
+    ddp = json.loads(path.read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert ddp["gpu"] == manifest()["gpu"], f"the several-GPU run was on {ddp['gpu']}, the release on {manifest()['gpu']}"
+    assert ddp["date"] in readme, "the README must give the several-GPU run's date"
+    for row in ddp["rows"]:
+        assert f"| {row['gpus']} | {row['step']} | {row['images_per_s']:,.0f} |" in readme, f"the README must quote the {row} row"
+    assert f"{ddp['scaling']:.2f}x" in readme
+    d = ddp["distilled"]
+    assert f"{d['test_acc']:.2%}" in readme and f"{d['seconds_total']:.1f} s" in readme
+    stored = "".join(t for _, t in output_texts(ROOT / "notebooks" / "06_going_fast.ipynb"))
+    assert f"{ddp['rows'][-1]['images_per_s']:,.0f}" in stored or f"{ddp['scaling']:.2f}" in stored, \
+        "06's stored output must show the several-GPU run"
