@@ -4,7 +4,8 @@
 # # 06 · Going fast: the same training step, one change at a time, each one measured
 #
 # Notebook 05 trained the article's model with the `fast` recipe in a few minutes; the article's own
-# recipe needs almost two hours for its 150 epochs on an H100 (extrapolated from two of them, `benchmarks/NOTES.md`). None of that difference comes from
+# recipe needs well over an hour for its 150 epochs (about 85 minutes at the 1,322 images/s that rung 1
+# below measures on this release's NVIDIA H200, evaluation left out). None of that difference comes from
 # the algorithm: the step that 05 wrote by hand is the step that runs here too. This notebook starts from
 # the article's setup and makes **one change at a time** to *how* the step runs, measuring images per
 # second after each, then asks where the remaining time goes.
@@ -355,8 +356,8 @@ print(f"memory bandwidth (a copy, measured): {bandwidth:,.0f} GB/s; the peak rat
 # byte; the model's multiplies, with one side only D wide, do far fewer (on a GPU, below what it needs),
 # so they wait on memory, and each is also short enough (microseconds on a GPU) that launching it is a
 # visible part of its cost. Attention is worse: per head it multiplies 65 x 32 by 32 x 65. A wider model
-# (D = 384 and up) lifts MFU: the `large` recipe's 11.9M-parameter ViT reached 24% where this one reaches
-# 13% (benchmarks/NOTES.md, on an H100).
+# (D = 384 and up) lifts MFU: in an earlier run on an H100 (benchmarks/NOTES.md), the `large` recipe's
+# 11.9M-parameter ViT reached 24% where this one reached 13% (14.7% in the ladder above, on the H200).
 #
 # ## A time budget for a slower GPU
 # The fast recipe's length (420 epochs) was chosen for a fast GPU. On a slower one, `budget_minutes`
@@ -399,7 +400,8 @@ for name, ips, c in rows:
 # %% [markdown]
 # Now a budget, for the last line above: `budget_minutes=12` for the T4 estimate (or, on a CPU without
 # a release record, half a minute of this machine's recipe), with a first epoch that also compiles (on a GPU
-# we assume 30 s: compiling costs about that much of the first epoch on an H100, `benchmarks/NOTES.md`).
+# we assume 30 s: compiling from a cold start costs about that much of the first epoch, 30.1 s for the
+# distilled recipe in this release's benchmark on an NVIDIA H200, `release/benchmark.json`).
 # The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its clock readings say the same:
 
 # %%
@@ -415,8 +417,10 @@ print(f"{name}, {budget:g} minutes: {by_hand} epochs by hand, {chosen} chosen by
 
 # %% [markdown]
 # A slower GPU gets fewer epochs of the same recipe, not a longer wait; expect lower accuracy from the
-# shorter schedule (on an H100, 30 epochs of the fast recipe reached 67.8% test accuracy and 69 epochs
-# 77.9%, against 86.3% after 420: `benchmarks/NOTES.md`, run 8). In notebook 05, set `BUDGET_MINUTES`.
+# shorter schedule (in an earlier run on an H100, run 8 in `benchmarks/NOTES.md`, 30 epochs of the fast
+# recipe reached 67.8% test accuracy and 69 epochs 77.9%, against 86.3% after 420; this release's 420
+# epochs reached 86.66%, `release/results_fast.json`). In notebook 05, `cfg.replace(budget_minutes=...)`
+# sets a budget.
 #
 # ## Several GPUs
 # With several GPUs in one machine, the same command trains one model on all of them with

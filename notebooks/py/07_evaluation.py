@@ -127,10 +127,10 @@ for c, a in sorted(zip(CIFAR10_CLASSES, per_class.tolist()), key=lambda t: t[1])
 print("most confused (true -> predicted, count):", analysis.most_confused_pairs(cm, CIFAR10_CLASSES, 5))
 
 # %% [markdown]
-# Cat and dog are the hardest classes (about 69% and 77% for this model), then deer and bird;
-# the vehicles and the frog are easiest (91-94%). The most confused pairs are the visually similar
-# ones: cat and dog, in both directions, by far. Some of the misclassified test images, with the
-# model's confidence:
+# Cat and dog are the hardest classes (69.9% and 79.2% for this model), then bird and deer; the
+# frog, the truck, the automobile and the ship are easiest (91-94%). The most confused pairs are the
+# visually similar ones: cat and dog, in both directions, by far. Some of the misclassified test
+# images, with the model's confidence:
 
 # %%
 probs = logits.softmax(-1)
@@ -162,7 +162,7 @@ fig = plots.plot_attention_heads(data.test_x[idx[0]], cls_last[0], colorbar=True
 # %% [markdown]
 # Each head reads its own few patches: for this airplane, some heads pick patches on the plane's body,
 # others a corner of the background. The colour bar shows that even the brightest patch gets only
-# about a fifth of a head's attention: each head still spreads the rest over many patches.
+# about a third of a head's attention: each head still spreads the rest over many patches.
 #
 # ## Attention rollout
 # One layer's map ignores what earlier layers already mixed: a "patch" token in layer 6 holds
@@ -217,7 +217,7 @@ print("per layer, min and max over heads (pixels):", [(round(a, 1), round(b, 1))
 # image cut into an 8x8 grid, every head looks across much of the image (the ViT paper's large
 # images leave far more room between "near" and "far"). The most local heads are in layers 2 and 3,
 # down to 8.6 px (about two patches) in layer 2; in the last layer every head is close to uniform
-# (16.0-16.9 px), mixing the whole image before the [CLS] token is read.
+# (15.5-16.6 px), mixing the whole image before the [CLS] token is read.
 #
 # ## What the positional embeddings learned
 # Each small tile belongs to one position (i, j) of the 8x8 grid and shows the cosine similarity of
@@ -249,12 +249,12 @@ fig = plots.plot_reliability(bins, ece)
 print(f"ECE = {ece:.3f}; mean confidence {conf.mean():.3f} vs accuracy {acc:.3f}")
 
 # %% [markdown]
-# Most bars sit above the diagonal: when the model says 80%, it is right about 90% of the time, and its
-# mean confidence is well below its accuracy. The counts on the bars (and the lower panel) say how much
-# each bar weighs: three quarters of the predictions fall between 73% and 93% confidence, where the
-# bars stand 9-12 points above the diagonal, so they make most of the ECE; the lowest bin (7
-# predictions) and the last one (above 93% confidence: 3) are noise. The model is *under*-confident:
-# it never gives more than 94%, though it is right 98% of the time at 87-93%. Label smoothing and
+# Most bars sit above the diagonal: when the model says 80%, it is right more than 90% of the time, and
+# its mean confidence is well below its accuracy. The counts on the bars (and the lower panel) say how
+# much each bar weighs: seven in ten predictions fall between 73% and 93% confidence, where the bars
+# stand 10-15 points above the diagonal, so they make most of the ECE; the lowest bin (5 predictions)
+# is noise. The model is *under*-confident: it never gives more than 93% (no bar goes further), though
+# it is right 98% of the time at 87-93%. Label smoothing and
 # MixUp (notebook 05) train it to be less sure of itself; exercise 2 fixes the calibration
 # afterwards with one number, a temperature.
 #

@@ -226,13 +226,13 @@ fig.tight_layout()
 # What this run shows depends on the mode: the accuracies above come from the schedule this mode
 # ran (printed above), and in quick mode each method saw only 1,000 images twice. What holds in both
 # modes: LoRA trains a few percent of the parameters and saves a file of a few hundred KiB instead of
-# the whole model's 12,485 KiB, and the last column confirms that every frozen base weight is
+# the whole model's 12,486 KiB, and the last column confirms that every frozen base weight is
 # bit-identical after LoRA or head-only training (full fine-tuning changes them all, hence None).
 #
 # **Why LoRA is not faster here.** The "train s" column has LoRA training more slowly than full
-# fine-tuning on the H100 (about 22 s against 16 s for rank 8), although it updates 3% of the
-# weights. A LoRA layer still runs its frozen matrix multiply, forward and backward (the gradient must
-# flow through it to the layers below), and adds two small ones, x·Aᵀ then ·Bᵀ, with their own
+# fine-tuning on the release's NVIDIA H200 (20.6 s against 12.0 s for rank 8), although it updates 3%
+# of the weights. A LoRA layer still runs its frozen matrix multiply, forward and backward (the
+# gradient must flow through it to the layers below), and adds two small ones, x·Aᵀ then ·Bᵀ, with their own
 # backward passes: more work and more, smaller GPU kernels per step, not fewer. The optimizer's
 # saving (AdamW touches 0.1M instead of 3.2M parameters) is small for a model of 3.2M parameters,
 # and this small model is launch-bound on a GPU (notebook 06: the time goes to starting kernels, not
@@ -240,19 +240,19 @@ fig.tight_layout()
 # optimizer memory and, above all, the file to store per task; merged (below), it runs at the base
 # model's speed.
 #
-# **The reference: full mode on an H100** (the release run whose outputs are stored here, as in the
-# README; 10 epochs per method on all 45,000 rotated training images, base model at 86.32% upright and
-# 33.69% rotated on the 10,000 test images):
+# **The reference: full mode on an NVIDIA H200** (the release run whose outputs are stored here, as in
+# the README; 10 epochs per method on all 45,000 rotated training images, base model at 86.66% upright
+# and 34.37% rotated on the 10,000 test images):
 #
 # | method | rotated accuracy | trainable parameters | saved |
 # |---|---|---|---|
-# | no training | 33.69% | 0 | – |
-# | head only | 63.38% | 2,570 (0.08%) | 12 KiB |
-# | LoRA r=4, attention | 72.68% | 51,722 (1.62%) | 218 KiB |
-# | LoRA r=8, attention | 73.30% | 100,874 (3.16%) | 410 KiB |
-# | LoRA r=16, attention | 74.58% | 199,178 (6.25%) | 794 KiB |
-# | LoRA r=8, attention + MLP | 74.91% | 174,602 (5.48%) | 706 KiB |
-# | full fine-tuning | 75.66% | 3,189,002 (100%) | 12,485 KiB |
+# | no training | 34.37% | 0 | – |
+# | head only | 63.25% | 2,570 (0.08%) | 12 KiB |
+# | LoRA r=4, attention | 73.12% | 51,722 (1.62%) | 218 KiB |
+# | LoRA r=8, attention | 74.35% | 100,874 (3.16%) | 410 KiB |
+# | LoRA r=16, attention | 74.80% | 199,178 (6.25%) | 794 KiB |
+# | LoRA r=8, attention + MLP | 74.98% | 174,602 (5.48%) | 706 KiB |
+# | full fine-tuning | 76.20% | 3,189,002 (100%) | 12,486 KiB |
 #
 # There, training only the head recovers about 70% of the gap: it cannot fix features that no longer
 # fit the input. LoRA on the attention projections recovers most of it while training about 3% of the
@@ -314,11 +314,11 @@ with tempfile.TemporaryDirectory() as d:
     print(f"adapter file {path.stat().st_size / 1024:,.0f} KiB; a fresh base model + adapters reproduces the outputs: {same}")
 
 # %% [markdown]
-# The adapters and the new head fit in about 400 KiB, against 12,485 KiB for a whole model: one base
+# The adapters and the new head fit in about 400 KiB, against 12,486 KiB for a whole model: one base
 # model on disk can serve many tasks, each with its own small file.
 #
 # ## Exercises
-# The solutions train on a tiny subset in quick mode so they finish in about a minute on a CPU; their
+# The solutions train on a tiny subset in quick mode so they finish quickly on a CPU; their
 # accuracies are then meaningless. Run them in full mode (on a GPU) for the real comparison.
 #
 # 1. **The LoRA paper's choice.** Adapt only `attn.wq` and `attn.wv` (the LoRA paper's choice). How
@@ -400,7 +400,7 @@ with tempfile.TemporaryDirectory() as d:
 # train(model, task, cfg, device=device, progress=False)
 # after = evaluate(model, test, device)[1]
 # print(f"rank 1: trainable {count_parameters(model, trainable_only=True):,}; rotated accuracy {before:.1%} -> {after:.1%}")
-# print("full mode reference (README, H100): no training 33.69%, r=4 72.68%, r=8 73.30%, full fine-tuning 75.66%")
+# print("full mode reference (release, H200): no training 34.37%, r=4 73.12%, r=8 74.35%, full fine-tuning 76.20%")
 # ```
 #
 # Rank 1 trains only 14,858 parameters (0.5% of the model, the head included): one direction A and
