@@ -101,7 +101,7 @@ def freeze_teacher(teacher: nn.Module | None, cfg: TrainConfig, device: torch.de
 
 class TrainStep:
     """One optimizer step: `step(batch, lr)` with batch = (images, labels), where the labels are class
-    indices (B,) or, after MixUp/CutMix, soft targets (B, n_classes). This is the step notebook 05 prints.
+    indices (B,) or, after MixUp/CutMix, soft targets (B, n_classes). Notebook 05 writes this step by hand and checks it against train().
     teacher: a frozen model to distill from (cfg.distill), run on the same augmented images."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, capturable: bool = False,
