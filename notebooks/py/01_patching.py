@@ -203,8 +203,17 @@ fig.tight_layout()
 # print("pattern, letter by letter == img_to_patch:", torch.equal(by_letters, vh.img_to_patch(x, P)))
 # ```
 #
-# Both print `True`: the einops pattern is the same reshape, permute and flatten as ours, written as
-# one line that names every axis.
+# Output of our run (quick mode, 2 CPU cores):
+#
+# ```text
+# einops is not installed here (pip install einops); the pattern spelled out in torch:
+# pattern, letter by letter == img_to_patch: True
+# ```
+#
+# einops is not a dependency of this repository, so our run took the `except` branch; with einops
+# installed the first line reads `einops == img_to_patch: True` instead. Either way the check prints
+# `True`: the einops pattern is the same reshape, permute and flatten as ours, written as one line
+# that names every axis.
 #
 # </details>
 #
@@ -242,9 +251,16 @@ fig.tight_layout()
 #     ax.set_title(title, fontsize=9); ax.axis("off")
 # ```
 #
+# Output of our run (quick mode, 2 CPU cores):
+#
+# ```text
+# with permute patch 0: channels [0, 1, 2], rows [0, 1, 2, 3], columns 0..3
+# no permute   patch 0: channels [0], rows [0, 1], columns 0..31
+# ```
+#
 # With the permute, patch 0 holds all three channels of rows 0-3, columns 0-3: a 4x4 square. Without
-# it, the 48 numbers are just the next 48 values in memory: channel 0 only, all of row 0 and half of
-# row 1, a thin strip. Drawn back in place, the smooth colour ramp is unrecognisable: the first
+# it, the 48 numbers are just the next 48 values in memory: channel 0 only, all of row 0 (columns
+# 0-31) and half of row 1, a thin strip. In the figure (drawn back in place), the smooth colour ramp is unrecognisable: the first
 # third of the "patches" hold only red values (so they show as greys), the next third only green,
 # the last only blue.
 #
@@ -272,7 +288,15 @@ fig.tight_layout()
 # print("F.unfold gives", tuple(patches.shape))
 # ```
 #
-# 15 x 15 = 225 patches (226 tokens with [CLS]) instead of 64: about 3.5 times as many tokens, and
+# Output of our run (quick mode, 2 CPU cores):
+#
+# ```text
+# by formula: 15 x 15 = 225 patches, +1 [CLS] = 226 tokens
+# F.unfold gives (1, 225, 48)
+# ```
+#
+# 15 x 15 = 225 patches (226 tokens with [CLS]) instead of 64, and `F.unfold` agrees: 225 patches of
+# 3·4·4 = 48 numbers. That is about 3.5 times as many tokens, and
 # so about 12 times as many attention pairs, for patches that each share half their pixels with a
 # neighbour.
 #

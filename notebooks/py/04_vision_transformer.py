@@ -373,8 +373,15 @@ print("attention maps (layers, batch, heads, tokens, tokens):", tuple(maps.shape
 # print("parameters:", f"{vh.count_parameters(model):,}", "(the same as with [CLS])")
 # ```
 #
+# Output of our run (quick mode, 2 CPU cores):
+#
+# ```text
+# logits: (2, 10)
+# parameters: 3,189,002 (the same as with [CLS])
+# ```
+#
 # One line changes: the head reads the average of the 64 patch tokens instead of token 0, and the
-# shapes and parameter count stay the same. The [CLS] token still takes part in attention but nothing
+# shapes (2 images -> 10 logits each) and parameter count (3,189,002) stay the same. The [CLS] token still takes part in attention but nothing
 # reads it any more; a clean mean-pooling model would also drop it from `embed` and keep 64 positions.
 #
 # </details>
@@ -402,9 +409,17 @@ print("attention maps (layers, batch, heads, tokens, tokens):", tuple(maps.shape
 # print("logits:", tuple(m(torch.randn(2, 3, 64, 64)).shape))
 # ```
 #
+# Output of our run (quick mode, 2 CPU cores):
+#
+# ```text
+# 64 patches + [CLS] = 65 tokens of 256 numbers
+# parameters: 3,225,866 (32x32 with patch 4: 3,189,002; difference 36,864)
+# logits: (2, 10)
+# ```
+#
 # (64 / 8)² = 64 patches, so the sequence is again 65 tokens and the blocks cost the same. Only the
 # patch embedding grows, from 3·4·4 = 48 to 3·8·8 = 192 inputs: (192 - 48) x 256 = 36,864 more
-# parameters.
+# parameters, 3,225,866 in all.
 #
 # </details>
 #
@@ -437,8 +452,16 @@ print("attention maps (layers, batch, heads, tokens, tokens):", tuple(maps.shape
 # print(f"flops_per_image:            {vh.flops_per_image(args):,}")
 # ```
 #
-# With the plain attention the count equals `flops_per_image` exactly: both count 2 FLOPs per
-# multiply-add and only matrix multiplies. With the fused kernel on a CPU the counter misses the two
-# attention products (Q·Kᵀ and weights·V), about 6% of the total here.
+# Output of our run (quick mode, 2 CPU cores):
+#
+# ```text
+# attn.fused = True : FlopCounterMode counts 410,522,624
+# attn.fused = False: FlopCounterMode counts 436,481,024
+# flops_per_image:            436,481,024
+# ```
+#
+# With the plain attention the count equals `flops_per_image` exactly (436,481,024): both count 2
+# FLOPs per multiply-add and only matrix multiplies. With the fused kernel on a CPU the counter misses
+# the two attention products (Q·Kᵀ and weights·V): 25,958,400 FLOPs, about 6% of the total here.
 #
 # </details>
