@@ -292,8 +292,17 @@ print(f"ECE = {ece:.3f}; mean confidence {conf.mean():.3f} vs accuracy {acc:.3f}
 # print(f"Wilson 95% interval:    {w_lo:.1%} - {w_hi:.1%}")
 # ```
 #
-# The two intervals agree to a few tenths of a point: for a plain accuracy the bootstrap needs no
-# formula but gives the same answer. Both are about ± 3 points at n = 500, and shrink as
+# Output of our run (quick mode, 2 CPU cores):
+#
+# ```text
+# accuracy on 500 test images: 88.2%
+# bootstrap 95% interval: 85.2% - 91.0%
+# Wilson 95% interval:    85.1% - 90.7%
+# ```
+#
+# The model is right on 88.2% of the 500 images, and the two intervals agree to a few tenths of a
+# point (85.2-91.0% against 85.1-90.7%): for a plain accuracy the bootstrap needs no formula but gives
+# the same answer. Both are about ± 3 points at n = 500, and shrink as
 # 1/sqrt(n): ± 0.7 points at 10,000.
 #
 # </details>
@@ -334,9 +343,17 @@ print(f"ECE = {ece:.3f}; mean confidence {conf.mean():.3f} vs accuracy {acc:.3f}
 #     print(f"{name:20s} test ECE {ece:.3f}, mean confidence {conf.mean():.3f}, accuracy {(pred == test_y).float().mean():.3f}")
 # ```
 #
-# The fitted T is below 1: dividing by it sharpens the probabilities of this under-confident model,
-# the mean confidence moves up to the accuracy, and the ECE drops several-fold. The accuracy does not
-# change: dividing all logits by the same T never changes which one is largest.
+# Output of our run (quick mode, 2 CPU cores):
+#
+# ```text
+# T = 1 (as trained)   test ECE 0.117, mean confidence 0.751, accuracy 0.844
+# T = 0.70 (fitted)    test ECE 0.042, mean confidence 0.882, accuracy 0.844
+# ```
+#
+# The fitted T is 0.70, below 1: dividing by it sharpens the probabilities of this under-confident
+# model (mean confidence 0.751 for an accuracy of 0.844). The mean confidence moves up to 0.882, now a
+# little above the accuracy but much closer, and the test ECE drops almost threefold, from 0.117 to
+# 0.042. The accuracy does not change (0.844 both times): dividing all logits by the same T never changes which one is largest.
 #
 # </details>
 #
@@ -372,10 +389,19 @@ print(f"ECE = {ece:.3f}; mean confidence {conf.mean():.3f} vs accuracy {acc:.3f}
 #           f"{corr[~torch.eye(len(corr), dtype=torch.bool)].mean():.3f}")
 # ```
 #
-# Without the residual term, multiplying six attention matrices blends everything into one
+# Output of our run (quick mode, 2 CPU cores):
+#
+# ```text
+# residual=True : mean correlation between different tokens' rollout rows 0.331
+# residual=False: mean correlation between different tokens' rollout rows 1.000
+# ```
+#
+# The figures show the [CLS] rollout over four test images: with the residual term it picks out
+# parts of each image; without it the maps look alike and say little about the object. The numbers
+# say why. Without the residual term, multiplying six attention matrices blends everything into one
 # mixture: every token's row becomes the same (correlation 1.000), so the map says where *any*
 # token draws from, not what reaches [CLS] in particular. It ignores the skip connection that passes
-# each token's own content on through every block. With (A + I)/2 the rows stay distinct (about 0.3)
+# each token's own content on through every block. With (A + I)/2 the rows stay distinct (0.331)
 # and the [CLS] map is specific to it.
 #
 # </details>
