@@ -77,10 +77,12 @@ print("speed settings of the recipe:", {k: getattr(cfg, k) for k in ("pipeline",
 # ## Timing code that runs on a GPU
 # A GPU runs **kernels**: one kernel is one function (a matrix multiply, an addition, a LayerNorm)
 # executed by thousands of GPU threads at once. Python does not wait for a kernel to finish: each
-# PyTorch call *launches* its kernels, which puts them in a queue, and returns at once. A **kernel launch**
-# costs the CPU a few microseconds, and the GPU then works through the queue on its own. So a clock read
-# right after a call measures the queueing, not the work. The cell below times one matrix multiply both
-# ways; `torch.cuda.synchronize()` waits until the queue is empty:
+# PyTorch call *launches* its kernels, which puts them in a queue, and returns without waiting for them.
+# A **kernel launch** costs the CPU a few microseconds, and the GPU then works through the queue on its
+# own. So a clock read right after a call measures the CPU's part (queueing, and any set-up the call
+# does), not the GPU's work. The cell below times one matrix multiply both ways:
+# `torch.cuda.synchronize()` waits until the queue is empty. It is the first matrix multiply of this
+# process, with no warm-up before it:
 
 # %%
 a = torch.randn(4096, 4096, device=device) if GPU else torch.randn(1024, 1024)  # a CPU is slower: a smaller one
@@ -93,10 +95,18 @@ finished = time.perf_counter() - t0
 print(f"a @ a returned after {returned * 1e3:.2f} ms; its result was ready after {finished * 1e3:.2f} ms ({device.type})")
 
 # %% [markdown]
-# On a GPU the call returns long before the result exists; on a CPU the two times are the same, because
-# the CPU computes as it goes. Hence the timing function this notebook uses: a few untimed **warm-up**
-# steps first (the first steps allocate memory, pick algorithms and, later, compile), then a fixed number
-# of steps between two synchronisations:
+# Two things show in this output. First, the call itself took about 94 ms, far more than a launch. That
+# is one-time start-up work which the first matrix multiply of a process does on the CPU, inside the
+# call: setting up cuBLAS (NVIDIA's matrix-multiply library) and loading its kernels onto the GPU. Later
+# calls skip it. Second, the call returned before the result existed: the result was ready about 2.5 ms
+# later (96.47 ms). Those 2.5 ms are the multiply itself (137 GFLOP in float32), still running on the
+# GPU after Python had moved on: that is the asynchrony. On a CPU the two times are the same, because
+# the CPU computes as it goes.
+#
+# Both effects shape the timing function this notebook uses: a few untimed **warm-up** steps first
+# (the first steps pay one-time costs like the 94 ms above: they allocate memory, pick algorithms and,
+# later, compile), then a fixed number of steps between two synchronisations. Every timing after this
+# cell is warmed up this way:
 
 # %%
 print(inspect.getsource(speed.images_per_second))
@@ -105,7 +115,13 @@ print(inspect.getsource(speed.images_per_second))
 # ## A rig: the recipe's step, with some fields changed
 # Each rung of the ladder is the recipe with a few fields of its config changed. `speed.make_step_fn`
 # builds exactly what `train()` builds for that config (the same batches with `make_batches`, the same
-# step with `make_step`) and returns a function that trains one step on the next batch:
+# step with `make_step`) and returns a function that trains one step on the next batch. `make_step` is
+# the package's function that builds the step object for a config: the plain `TrainStep` (05's step,
+# compiled or not), or, where the config asks for a CUDA graph, a `GraphedStep` (rung 5). A step object
+# is called as `step(batch, lr)`. Its `step.epoch(batches)` gives, one by one, what the step takes
+# each time: for the plain step the batches themselves; for the graphed step the batches' **draws**,
+# the random numbers a batch is made from (which images, their crops, flips and augmentations, the
+# mix row), since that step makes the batch itself:
 
 # %%
 print(inspect.getsource(speed.make_step_fn))
@@ -157,8 +173,8 @@ eager_step = measure(f"batch {cfg.batch_size}, augmented on the {'GPU' if GPU el
 
 # %% [markdown]
 # Which of the two changes matters? Timing the two input pipelines alone, without any model, at the same
-# batch size: the article's PIL transforms in `DataLoader` workers (copied to the device) against the
-# tensor pipeline:
+# batch size (512): the article's PIL transforms in `DataLoader` workers (copied to the device) against
+# the tensor pipeline:
 
 # %%
 for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.replace(batch_size=cfg.batch_size)), (f"the tensor pipeline on the {'GPU' if GPU else 'CPU'}", eager_cfg)]:
@@ -171,8 +187,14 @@ for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.repl
 print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} images/s")
 
 # %% [markdown]
-# An input pipeline slower than the training step caps training at its own rate, however fast the
-# model runs; the PIL pipeline also takes CPU cores from the training process. On a GPU the tensor
+# The answer, from these numbers: both, one after the other. The PIL pipeline alone makes 13,036
+# images/s, about 10x the 1,322 images/s that rung 1 trained, so at rung 1 the images were not the
+# limit: batch 16, with its fixed cost per step, was. At batch 512 the step trains 17,846 images/s,
+# more than the PIL pipeline can make. With PIL the rung would be capped below 13,036 images/s; the
+# tensor pipeline makes 158,206 and leaves the step the limit.
+#
+# In general, an input pipeline slower than the training step caps training at its own rate, however
+# fast the model runs; the PIL pipeline also takes CPU cores from the training process. On a GPU the tensor
 # pipeline costs the CPU nothing but launching its kernels, since the GPU makes the batches (in rungs 4
 # and 5 it is compiled and recorded with the step). On a CPU both pipelines share the same cores with the
 # model. From here on, every rung uses the tensor pipeline.
@@ -192,10 +214,14 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
     print(f"{str(dtype):15} {info.bits} bits, largest {info.max:.2e}, relative step {info.eps:.1e}: 1 + 1/300 = {(1 + torch.tensor(1 / 300, dtype=dtype)).item():.6f}")
 
 # %% [markdown]
-# bf16 cannot tell 1 from 1.0033, but a network's activations and gradients tolerate that noise; float16
-# is more precise but overflows beyond 65,504, so older GPUs without bf16 (a T4) need a `GradScaler`
-# (notebook 05). The step (`TrainStep.loss`) wraps the forward pass in
-# `torch.autocast(device, dtype=torch.bfloat16)` when the config says `precision="auto"`:
+# bf16 cannot tell 1 from 1.0033, but a network's activations and gradients tolerate that noise. float16
+# is more precise but has a small range: it overflows beyond 65,504, and gradients smaller than about
+# 6e-8 become 0. So older GPUs without bf16 (a T4) train in float16 with a **GradScaler**: it multiplies
+# the loss by a large factor before the backward pass, so that small gradients stay above that floor,
+# and divides the gradients by the same factor before the optimizer step. bf16 has float32's range, so it
+# needs none. The plain step's method `TrainStep.loss` (the forward pass and the loss, in
+# `vit_helpers/step.py`) wraps the forward pass in `torch.autocast(device, dtype=torch.bfloat16)` when
+# the config says `precision="auto"`:
 
 # %%
 if GPU:
@@ -223,15 +249,25 @@ print(f"{ladder.rows[-1]['step']}: {prof.items:,} {what} per step; busy {prof.bu
 print(prof.table(rows=8))
 
 # %% [markdown]
-# On a GPU the article's small model launches hundreds of kernels per step, many of them tiny elementwise
-# ones (additions, GELU, LayerNorm, copies), each from Python, and the GPU idles between them whenever
-# Python is slower than the GPU. On a CPU the same step is dominated by its matrix multiplies
+# The profiler itself slows the CPU side: it records every operation, so the profiled step took 51.1 ms
+# against 19.5 ms without it, while the kernels it times still run on the GPU at their own speed. The
+# 21% therefore understates how busy the GPU normally is. Against the unprofiled 19.5 ms the same 10.8 ms is about 55%:
+# the GPU still sits idle almost half of every step, waiting for Python to launch the next kernel, so
+# the verdict holds. The table lists the kernels that take the most GPU time. The top one,
+# `GammaBetaBackward` (18%), is part of LayerNorm's backward pass (the gradients of its scale and shift);
+# with LayerNorm's forward (`vectorized_layer_norm`) and its other backward kernel
+# (`layer_norm_grad_input`), LayerNorm takes about 29% of the busy time, more than attention.
+#
+# On a GPU the article's small model launches hundreds of kernels per step (702 here), many of them tiny
+# elementwise ones (additions, GELU, LayerNorm, copies), each from Python, and the GPU idles between
+# them whenever Python is slower than the GPU. On a CPU the same step is dominated by its matrix multiplies
 # (`aten::linear`, `aten::mm`) and the device is busy all the time: the CPU computes as it dispatches.
 # The next two rungs attack the kernel count and the launches.
 #
 # ## Rung 4: `torch.compile`
 # `torch.compile` reads the Python code of the model and the loss once, builds a graph of its tensor
-# operations, and generates new kernels (with Triton, on a GPU) in which chains of elementwise operations
+# operations, and generates new kernels (on a GPU, its code generator "inductor" writes them in
+# **Triton**, a language for writing GPU kernels from Python) in which chains of elementwise operations
 # are **fused**: a residual addition, a LayerNorm and a GELU become one kernel that reads its input once
 # and writes its output once, instead of several kernels each writing an intermediate result to GPU
 # memory and reading it back. Fewer kernels, fewer launches, less memory traffic. The price is the compile
@@ -248,18 +284,25 @@ else:
     print("not measured here: this project compiles the step only on a CUDA GPU (make_step drops compile on a CPU)")
 
 # %% [markdown]
+# Compiling cut the kernels per step from 702 to 467 but raised the speed only 12% (26,192 to 29,435
+# images/s). The step is still launch-bound: every remaining kernel is still launched from Python, one at
+# a time, and the GPU is busy for only 6.1 ms of the 17.4 ms step (the busy time under the profiler,
+# the step time without it).
+#
 # ## Rung 5: the whole step as one CUDA graph
 # Even compiled, a step still launches its kernels (the count above) one by one from Python: the forward
 # and backward pass, the gradient clipping, the AdamW update, the batch making. A **CUDA graph** records the kernels of
 # one step once, with their arguments and memory addresses, and then *replays* the whole recording with
-# a single launch. The CPU's work per step shrinks to copying the next batch's random draws into place.
+# a single launch. The CPU's work per step shrinks to copying the next batch's draws (its random numbers,
+# above) into place.
 #
 # Recording has rules: every step must run the same kernels on the same addresses, so shapes are fixed
 # (full batches only), the random draws of an epoch are made up front, and nothing inside the step may
 # read a GPU value on the CPU (a **host sync**: `loss.item()`, printing a tensor, a Python `if` on a
 # tensor), because that would force the CPU to wait for the GPU in the middle of the step. The loss is
 # therefore summed on the GPU and read once per epoch. `GraphedStep` (`vit_helpers/graphed.py`) records
-# the plain step at its first call and replays it after:
+# the plain step at its first call and replays it after; its `draws` argument is what its `epoch` gives
+# for each batch:
 
 # %%
 print(inspect.getsource(GraphedStep.__call__))
@@ -276,6 +319,10 @@ else:
     print("not measured here: CUDA graphs need a CUDA GPU")
 
 # %% [markdown]
+# The graphed step takes 5.9 ms. The compiled step's kernels kept the GPU busy for 6.1 ms (rung 4's
+# profile; this rung was not profiled). So the step now takes about as long as the GPU's own work: the
+# GPU is busy almost the whole step, and the launches no longer hold it back (2.97x over rung 4).
+#
 # ## How much of the hardware is used: FLOPs, the matrix-multiply rate, MFU
 # A **FLOP** is one floating-point operation; a multiply-add counts as two. Notebook 04 counted the
 # forward pass of one image (`flops_per_image`: the matrix multiplies, which are nearly all of it).
@@ -311,9 +358,12 @@ if GPU and runtime.MODE == "full":  # the release copies it into release/speed_l
 
 # %% [markdown]
 # Each bar is one change. On a GPU, look for the jumps where work leaves the CPU: per image (big batches
-# made on the device) and per kernel (fewer kernels, then a single launch per step); bf16 alone helps less
-# while the step is launch-bound. The MFU column says how far even the last rung is from the hardware's
-# matrix-multiply rate.
+# made on the device: 13.5x) and per step (a single launch for the whole step: 2.97x over rung 4). bf16
+# (1.47x) helps more than compiling (1.12x): it halves the bytes every kernel moves and runs the matrix
+# multiplies on the tensor cores, which shortens the GPU's part of the step (28.7 to 19.5 ms per step:
+# in float32 the GPU's own work was a large part of the step). It leaves the launch overhead untouched; compiling cut launches, but too
+# few to matter while each remaining one still came from Python. The MFU column says how far even the
+# last rung is from the hardware's matrix-multiply rate.
 #
 # On a CPU only the first two rungs can run. The GPU ladder of the release (the run whose outputs are
 # stored in these notebooks, `release/speed_ladder.json`) is shown for comparison, labelled with its GPU
@@ -356,8 +406,9 @@ print(f"memory bandwidth (a copy, measured): {bandwidth:,.0f} GB/s; the peak rat
 # byte; the model's multiplies, with one side only D wide, do far fewer (on a GPU, below what it needs),
 # so they wait on memory, and each is also short enough (microseconds on a GPU) that launching it is a
 # visible part of its cost. Attention is worse: per head it multiplies 65 x 32 by 32 x 65. A wider model
-# (D = 384 and up) lifts MFU: in an earlier run on an H100 (benchmarks/NOTES.md), the `large` recipe's
-# 11.9M-parameter ViT reached 24% where this one reached 13% (14.7% in the ladder above, on the H200).
+# (D = 384 and up) lifts MFU. In an earlier run on an H100 (benchmarks/NOTES.md), the `large` recipe's
+# 11.9M-parameter ViT reached 24% MFU, where this model reached 13%. On this release's H200 this model
+# reaches 14.7% (the ladder above); the large model was not measured here.
 #
 # ## A time budget for a slower GPU
 # The fast recipe's length (420 epochs) was chosen for a fast GPU. On a slower one, `budget_minutes`
@@ -426,14 +477,18 @@ print(f"{name}, {budget:g} minutes: {by_hand} epochs by hand, {chosen} chosen by
 # With several GPUs in one machine, the same command trains one model on all of them with
 # **DistributedDataParallel** (DDP): `torchrun` starts one process per GPU; each process holds a copy of
 # the model and runs the same step on its own share of every batch (512 images over 2 GPUs: 256 each);
-# during the backward pass DDP averages the gradients across the GPUs (an **all-reduce**, carried by NCCL
-# over the links between the GPUs), so every copy takes the same optimizer step and stays identical.
+# during the backward pass DDP averages the gradients across the GPUs, so every copy takes the same
+# optimizer step and stays identical. The operation is an **all-reduce**: afterwards every GPU holds the
+# sum of all GPUs' gradients (divided by the number of GPUs, that is their average). It is carried by **NCCL**
+# (NVIDIA's library for moving data between GPUs) over the links between the GPUs.
 #
 # ```bash
 # torchrun --nproc_per_node=2 -m vit_helpers.train --recipe fast
 # ```
 #
-# What it bought, from the release record `release/ddp.json` (measured by `benchmarks/ddp_speed.py`):
+# What it bought, from the release record `release/ddp.json` (measured by `benchmarks/ddp_speed.py`). Its
+# last line is the `distilled` recipe: a ViT trained to match the predictions of a CNN teacher as well as
+# the labels (notebook 09), here run on two GPUs:
 
 # %%
 ddp_file = RELEASE / "ddp.json"
