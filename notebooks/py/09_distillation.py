@@ -550,8 +550,8 @@ print("saved", checkpoint.shown(out))
 # are within noise of each other (500 validation images, about ± 3.5 points) and all stay below
 # their teacher. A student is bounded by how well it copies its teacher, which is why distillation
 # needs a teacher better than the student (09's real teacher is right about 90% of the time) and why
-# the recipe's w = 0.7 still keeps
-# the labels in the loss. Exercise 3 pushes this to a teacher near chance.
+# the recipe's w = 0.7 still keeps the labels in the loss. Exercise 3 pushes this to a teacher near
+# chance.
 #
 # </details>
 #
