@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_speed.py beside this script, also when loaded by path
 
 # Required on the 2-GPU machine (NVLink multicast is off there): every process of every run gets these.
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -78,16 +79,6 @@ def steady_images_per_s(history: list[dict]) -> float:
     return statistics.median(h["images_per_s"] for h in (history[1:] or history))
 
 
-def time_to(history: list[dict], threshold: float, start: float = 0.0) -> float | None:
-    """Training seconds (evaluation excluded, `start` added) until validation accuracy first reaches `threshold`."""
-    total = start
-    for h in history:
-        total += h["seconds"]
-        if h["val_acc"] >= threshold:
-            return total
-    return None
-
-
 def summarize(runs: list[dict], outs: dict[str, dict], gpu: str, command_line: str) -> dict:
     """release/ddp.json from the runs' --out JSONs (see HELPERS_COMMON.md for the schema)."""
     rows = []
@@ -110,6 +101,8 @@ def summarize(runs: list[dict], outs: dict[str, dict], gpu: str, command_line: s
               "torch": first["torch"], "command": command_line, "global_batch": first["train_config"]["batch_size"],
               "rows": rows, "scaling": pairs[0][1]["images_per_s"] / pairs[0][0]["images_per_s"] if pairs else None,
               "scaling_step": pairs[0][0]["step"] if pairs else None, "distilled": None}
+    from train_speed import time_to  # the benchmark's own definition of "time to X%", one home
+
     d = next((r for r in runs if r["name"].startswith("distilled")), None)
     if d is not None and "error" in outs.get(d["name"], {"error": "did not run"}):
         report["distilled"] = {"gpus": d["gpus"], "error": outs.get(d["name"], {}).get("error", "did not run")}

@@ -42,22 +42,10 @@ AIRBENCH = ("airbench94", "airbench96")
 
 
 def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
-    """Measured dense bf16 matrix-multiply rate (median of `reps`), the MFU denominator."""
-    if device.type != "cuda":
-        return None
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        a @ b
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    return 2 * n**3 / statistics.median(times) / 1e12
+    """Measured dense bf16 matrix-multiply rate (n^3, median of `reps`), the MFU denominator; None on a CPU."""
+    from vit_helpers.speed import matmul_tflops as measured
+
+    return measured(n, n, n, device=device, dtype=torch.bfloat16, reps=reps) if device.type == "cuda" else None
 
 
 def time_to(history: list[dict], threshold: float, start: float = 0.0) -> float | None:
