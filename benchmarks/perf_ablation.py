@@ -23,6 +23,7 @@ Writes into --out: one JSON per run (`runs/<name>.json`), each run's log (`logs/
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ ROOT = HERE.parent
 # Every process: no NVLink multicast (NVLS) in NCCL, symmetric memory or NVSHMEM (the device machines' rule).
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 ABLATION_EPOCHS = 100
+PROBE_EPOCHS = 12
 NO_BUDGET = {"budget_minutes": None, "seed": 0}
 
 # name -> what it runs. est_s: seconds on one H200 including the process's start, data and test evaluation, its
@@ -47,24 +49,61 @@ NO_BUDGET = {"budget_minutes": None, "seed": 0}
 RUNS: dict[str, dict] = {
     "micro": {"kind": "micro", "est_s": 25,
               "why": "attention kernels and the teacher's forward, timed alone at the training shapes"},
+    # the final recipe as the release benchmark runs it: cold compile, the student's time budget; seed 0 is the release's
     "final_seed1": {"recipe": "distilled", "set": {"seed": 1}, "teacher_seed": 1, "cold": True, "est_s": 285,
-                    "why": "the final recipe as the release runs it (cold compile, 4.2-min student budget), seed 1"},
+                    "why": "the final recipe as the release runs it (cold compile, its student budget), seed 1"},
     "final_seed2": {"recipe": "distilled", "set": {"seed": 2}, "teacher_seed": 2, "cold": True, "est_s": 285,
                     "why": "the final recipe, seed 2"},
-    "soft100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET}, "est_s": 85,
-                "why": "baseline: soft T 2, w 0.7 (issue 21: 84.31%); first epoch from the compile cache"},
-    "ema100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "ema_decay": 0.999}, "est_s": 85,
+    # compile_scope, measured cold side by side before the seeds (plan "seeds"): the seeds then use the faster one
+    "probe_step": {"recipe": "distilled", "epochs": PROBE_EPOCHS, "set": {**NO_BUDGET, "compile_scope": "step"}, "cold": True,
+                   "est_s": 55, "why": "the whole loss compiled as one function (compile_scope='step'), cold: compile time and speed"},
+    "probe_blocks": {"recipe": "distilled", "epochs": PROBE_EPOCHS, "set": {**NO_BUDGET, "compile_scope": "blocks"}, "cold": True,
+                     "est_s": 45, "why": "regional compilation (compile_scope='blocks'), cold: compile time and speed"},
+    "sprint_final": {"recipe": "distilled_sprint", "est_s": 45, "why": "the sprint recipe as the release will run it"},
+    # the ablation: 100 epochs of the distilled recipe without its budget, seed 0, one change each
+    "soft100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET}, "est_s": 110, "cold": True,
+                "why": "baseline: soft T 2, w 0.7 (issue 21: 84.31%), cold compile"},
+    "cache10": {"recipe": "distilled", "epochs": 10, "set": {**NO_BUDGET}, "est_s": 20,
+                "why": "10 epochs of the baseline, its first epoch from soft100's compile cache: the cache's saving"},
+    "ema100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "ema_decay": 0.999}, "est_s": 110,
                "why": "+ an EMA of the weights, decay 0.999 (~11 epochs)"},
-    "flash100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "attention": "flash"}, "est_s": 100,
-                 "why": "+ flash attention instead of torch's choice (cuDNN on an H100 in run 2: 28% of the GPU time)"},
+    "t3w09": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "distill_temperature": 3.0,
+              "distill_weight": 0.9}, "est_s": 110, "why": "soft T 3, w 0.9 instead of T 2, w 0.7"},
+    "mix05": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "mix_prob": 0.5}, "est_s": 110,
+              "why": "MixUp/CutMix on 50% of the batches instead of 80%"},
+    "lr15": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "lr": 1.5e-3}, "est_s": 110,
+             "why": "lr 1.5e-3 instead of 1e-3"},
+    "ls0": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "label_smoothing": 0.0}, "est_s": 110,
+            "why": "no label smoothing on the true label (the teacher's term already softens the target)"},
+    "flash100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "attention": "flash"}, "est_s": 110,
+                 "why": "flash attention instead of torch's choice (cuDNN on an H100 in run 2: 28% of the GPU time)"},
     "b1024": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "batch_size": 1024, "lr": 1.4e-3},
               "est_s": 100, "why": "batch 1024, lr x sqrt(2) (half the steps; bigger matrices)"},
+    "nocompile100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "compile": False}, "est_s": 120,
+                     "why": "no torch.compile (the step still one CUDA graph): no compile time, slower steps"},
+    "tmid100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET},
+                "teacher_model": {"stem_width": 48, "widths": [96, 192, 384]}, "est_s": 110,
+                "why": "a narrower teacher (3/4 of the width, ~0.56x its FLOPs): a cheaper forward in every step"},
     "hard100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS,
-                "set": {**NO_BUDGET, "distill": "hard", "distill_weight": 0.5, "distill_temperature": 1.0}, "est_s": 80,
+                "set": {**NO_BUDGET, "distill": "hard", "distill_weight": 0.5, "distill_temperature": 1.0}, "est_s": 110,
                 "why": "reference: the old hard distillation, w 0.5 (issue 21: 83.41%)"},
+    # the 30-second sprint: as in the release, and with a shorter teacher whose saved seconds go to the student
+    "sprint": {"recipe": "distilled_sprint", "est_s": 45, "why": "the sprint as the release runs it (teacher 24 epochs)"},
+    "sprint_t10": {"recipe": "distilled_sprint", "teacher_set": {"epochs": 10}, "set": {"budget_minutes": 0.38},
+                   "est_s": 45, "why": "the sprint with a 10-epoch teacher (~5 s) and the student's budget 0.3 -> 0.38 min"},
 }
-PINNED = {0: ["final_seed1"], 1: ["micro", "final_seed2"]}
-SHARED = ["soft100", "ema100", "flash100", "b1024", "hard100"]  # in order of priority
+# Which GPU runs what (GPU -> its pinned runs, in order), then the shared runs in order of priority. Every pinned
+# run marked "cold" must be the first to compile on its GPU.
+PLANS: dict[str, tuple[dict[int, list[str]], list[str]]] = {
+    "ablation": ({0: ["soft100", "cache10", "ema100", "t3w09"],
+                  1: ["micro", "sprint", "sprint_t10", "flash100", "nocompile100"]},
+                 ["b1024", "tmid100", "mix05", "lr15", "ls0", "hard100"]),
+    # two phases: the compile-scope probes (one per GPU), then seeds 1 and 2 of the final recipe with the scope the probes
+    # chose (see choose_scope), and the sprint
+    "seeds": ({0: ["final_seed1"], 1: ["final_seed2", "sprint_final"]}, []),
+}
+PROBES = {0: ["probe_step"], 1: ["probe_blocks"]}
+PINNED, SHARED = PLANS["ablation"]
 TEACHER_S = 15  # a teacher's training with its process's share of the start
 
 
@@ -94,19 +133,23 @@ def teacher_for(spec: dict, data, device, tiny: bool, folder: Path) -> dict:
     from vit_helpers.config import TEACHER_RECIPES, recipe
 
     name, seed = TEACHER_RECIPES[spec["recipe"]], spec.get("teacher_seed", 0)
-    weights, about = folder / f"{name}_seed{seed}.pt", folder / f"{name}_seed{seed}.json"
+    changes, shape = dict(spec.get("teacher_set", {})), {k: tuple(v) if isinstance(v, list) else v
+                                                           for k, v in spec.get("teacher_model", {}).items()}
+    variant = f"{name}_seed{seed}" + (f"_{hashlib.blake2b(json.dumps([changes, spec.get('teacher_model', {})], sort_keys=True).encode(), digest_size=4).hexdigest()}"
+                                      if changes or shape else "")
+    weights, about = folder / f"{variant}.pt", folder / f"{variant}.json"
     if weights.is_file() and about.is_file():
         row = json.loads(about.read_text())
         args, _ = recipe(name)
-        if tiny:
-            args = args.replace(stem_width=8, widths=(16, 16, 32))
+        args = args.replace(stem_width=8, widths=(16, 16, 32)) if tiny else args.replace(**shape)
         model = build_model(args)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         return {**row, "model": model.to(device), "reused": True}
-    row, model = ts.run(name, data, device, None, tiny, None, {"seed": seed}, False, None)
+    epochs = changes.pop("epochs", None)
+    row, model = ts.run(name, data, device, epochs, tiny, None, {"seed": seed, **changes}, False, shape or None)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), weights)
-    kept = {k: row[k] for k in ("recipe", "train_seconds", "test_acc", "flops_per_image", "epochs")}
+    kept = {k: row[k] for k in ("recipe", "train_seconds", "test_acc", "flops_per_image", "epochs", "params")}
     about.write_text(json.dumps(kept))
     return {**kept, "model": model, "reused": False}
 
@@ -185,6 +228,18 @@ def micro(device, tiny: bool) -> dict:
     return out
 
 
+def compile_times() -> str | None:
+    """torch.compile's own account of where this process's compile time went (dynamo, AOT autograd, inductor), or None."""
+    try:
+        from torch._dynamo.utils import compile_times as times
+
+        text = times(repr="str", aggregate=True)
+        print(text, flush=True)
+        return text
+    except Exception as e:  # a private function: informative where it exists
+        return f"unknown ({type(e).__name__})"
+
+
 def worker(name: str, spec: dict, result: Path, tiny: bool, teachers: Path) -> int:
     """Run one spec here and write its row to `result` (an error is written as the row)."""
     sys.path[:0] = [str(HERE), str(ROOT)]
@@ -207,7 +262,10 @@ def worker(name: str, spec: dict, result: Path, tiny: bool, teachers: Path) -> i
             epochs = (1 if tiny else spec["epochs"]) if spec.get("epochs") else None
             trained, _ = ts.run(spec["recipe"], data, device, epochs, tiny, None, dict(spec.get("set", {})), False, None,
                                 teacher)
-            trained.update(teacher_reused=teacher["reused"], teacher_seed=spec.get("teacher_seed", 0))
+            trained.update(teacher_reused=teacher["reused"], teacher_seed=spec.get("teacher_seed", 0),
+                           teacher_test_acc=teacher["test_acc"], teacher_epochs=teacher["epochs"],
+                           teacher_params=teacher.get("params"), teacher_flops_per_image=teacher["flops_per_image"])
+            row["compile_times"] = compile_times()
             row.update({k: v for k, v in trained.items() if k != "model"})
         row["status"] = "ok"
     except Exception as e:
@@ -227,16 +285,23 @@ class Plan:
     def __init__(self, pinned: dict[int, list[str]], shared: list[str], runs: dict[str, dict], deadline: float):
         self.pinned, self.shared, self.runs, self.deadline = {g: list(n) for g, n in pinned.items()}, list(shared), runs, deadline
         self.lock = threading.Lock()
-        self.teachers: dict[int, set] = {g: set() for g in pinned}  # (gpu) -> teacher seeds trained there
+        self.teachers: dict[int, set] = {g: set() for g in pinned}  # (gpu) -> teachers trained there
+        self.skipped: list[str] = []  # pinned runs whose estimate did not fit before the deadline
+
+    @staticmethod
+    def teacher_of(spec: dict) -> str:
+        return json.dumps([spec.get("teacher_seed", 0), spec.get("teacher_set", {}), spec.get("teacher_model", {})], sort_keys=True)
 
     def estimate(self, gpu: int, name: str) -> float:
         spec = self.runs[name]
-        extra = TEACHER_S if spec.get("recipe") and spec.get("teacher_seed", 0) not in self.teachers[gpu] else 0
+        extra = TEACHER_S if spec.get("recipe") and self.teacher_of(spec) not in self.teachers[gpu] else 0
         return spec["est_s"] + extra
 
     def next(self, gpu: int, elapsed: float) -> str | None:
         """The next run for `gpu`, or None when none is left that fits before the deadline."""
         with self.lock:
+            while self.pinned[gpu] and elapsed + self.estimate(gpu, self.pinned[gpu][0]) > self.deadline:
+                self.skipped.append(self.pinned[gpu].pop(0))
             if self.pinned[gpu]:
                 name = self.pinned[gpu].pop(0)
             else:
@@ -247,7 +312,7 @@ class Plan:
                 self.shared.remove(name)
             spec = self.runs[name]
             if spec.get("recipe"):
-                self.teachers[gpu].add(spec.get("teacher_seed", 0))
+                self.teachers[gpu].add(self.teacher_of(spec))
             return name
 
 
@@ -309,11 +374,31 @@ def run_plan(plan: Plan, out: Path, tiny: bool = False, start: float | None = No
         t.start()
     for t in threads:
         t.join()
-    for name in plan.shared:  # what no GPU had time for
+    for name in plan.skipped + plan.shared:  # what no GPU had time for
         rows.append({"name": name, "why": plan.runs[name].get("why", ""), "spec": plan.runs[name], "status": "skipped",
                      "error": "not started: its estimate did not fit before the deadline"})
     shutil.rmtree(scratch, ignore_errors=True)
     return rows
+
+
+def choose_scope(rows: list[dict], budget_s: float, margin: int = 3) -> tuple[str, str]:
+    """(the compile_scope the final seeds use, why): the one whose measured cold first epoch and steady epochs (evaluation
+    included, as the budget counts them) fit more epochs into the student's budget; "step" (today's) unless "blocks"
+    fits at least `margin` more, or if a probe failed."""
+    probe = {r["spec"]["set"]["compile_scope"]: r for r in rows if r["name"].startswith("probe_")}
+    if any(r["status"] != "ok" for r in probe.values()) or set(probe) != {"step", "blocks"}:
+        return "step", "a probe failed or is missing: " + ", ".join(f"{r['name']} {r['status']}" for r in probe.values())
+    fits = {}
+    for scope, r in probe.items():
+        h = r["history"]
+        first = h[0]["seconds"] + h[0]["eval_seconds"]
+        rest = h[1:] or h  # (a one-epoch probe: --tiny)
+        each = sorted(e["seconds"] + e["eval_seconds"] for e in rest)[len(rest) // 2]
+        fits[scope] = (1 + int((budget_s - first) / each), first, each)
+    scope = "blocks" if fits["blocks"][0] >= fits["step"][0] + margin else "step"
+    why = "; ".join(f"{k}: first epoch {f:.1f} s, then {e:.3f} s each -> {n} epochs in {budget_s:.0f} s"
+                    for k, (n, f, e) in fits.items())
+    return scope, why
 
 
 def fmt(v, spec="{:.1f}") -> str:
@@ -363,6 +448,8 @@ def main(argv=None) -> int:
     p.add_argument("--gpus", type=int, default=2, help="queues (1: everything on GPU 0, pinned runs of both queues first)")
     p.add_argument("--tiny", action="store_true", help="tiny models and random images on the CPU (seconds): checks the script")
     p.add_argument("--list", action="store_true", help="print the plan with its estimates and exit")
+    p.add_argument("--plan", choices=sorted(PLANS), default="ablation",
+                   help="ablation: the levers side by side (run 11); seeds: the final recipe's seeds 1 and 2, one per GPU")
     p.add_argument("--only", default=None, help="comma-separated run names: the plan keeps only these (in its order)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one spec in this process
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -372,14 +459,14 @@ def main(argv=None) -> int:
     if a.worker:
         return worker(a.worker, json.loads(a.spec), a.result, a.tiny, a.teachers)
     runs = tiny_runs() if a.tiny else RUNS
-    pinned = PINNED if a.gpus >= 2 else {0: [n for g in sorted(PINNED) for n in PINNED[g]]}
-    shared = SHARED
+    plan_pinned, shared = PLANS[a.plan]
+    pinned = plan_pinned if a.gpus >= 2 else {0: [n for g in sorted(plan_pinned) for n in plan_pinned[g]]}
     if a.only:
         keep = a.only.split(",")
         unknown = [n for n in keep if n not in runs]
         if unknown:
             raise SystemExit(f"--only: unknown runs {unknown}; the plan has {list(runs)}")
-        pinned, shared = {g: [n for n in names if n in keep] for g, names in pinned.items()}, [n for n in SHARED if n in keep]
+        pinned, shared = {g: [n for n in names if n in keep] for g, names in pinned.items()}, [n for n in shared if n in keep]
     if a.list:
         for g, names in pinned.items():
             print(f"GPU {g} pinned: " + ", ".join(f"{n} (~{runs[n]['est_s']} s)" for n in names))
@@ -392,13 +479,27 @@ def main(argv=None) -> int:
         from vit_helpers.data import load_cifar10
 
         load_cifar10()  # once, before the queues: the workers then read the decoded cache instead of decoding twice
-    rows = run_plan(Plan(pinned, shared, runs, a.deadline), a.out, a.tiny, start=t0)
+    chosen = None
+    if a.plan == "seeds":  # phase 1: the probes; phase 2 (below): the seeds with the scope they chose
+        probes = PROBES if a.gpus >= 2 else {0: [n for g in sorted(PROBES) for n in PROBES[g]]}
+        probe_rows = run_plan(Plan(probes, [], runs, a.deadline), a.out, a.tiny, start=t0)
+        sys.path.insert(0, str(ROOT))
+        from vit_helpers.config import recipe
+
+        scope, why = choose_scope(probe_rows, 60 * recipe("distilled")[1].budget_minutes)
+        chosen = {"compile_scope": scope, "why": why}
+        print(f"compile_scope for the seeds: {scope} ({why})", flush=True)
+        runs = {n: ({**spec, "set": {**spec.get("set", {}), "compile_scope": scope}} if spec.get("recipe") == "distilled" else spec)
+                for n, spec in runs.items()}
+    else:
+        probe_rows = []
+    rows = probe_rows + run_plan(Plan(pinned, shared, runs, a.deadline), a.out, a.tiny, start=t0)
     text, micro_text = table(rows), micro_table(rows)
     print("\n" + text + ("\n\n" + micro_text if micro_text else ""))
     print(f"\n{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} runs ok, {time.perf_counter() - t0:.0f} s")
     combined = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python benchmarks/perf_ablation.py " + " ".join(argv or sys.argv[1:]),
                 "deadline_s": a.deadline, "plan": {"pinned": pinned, "shared": shared, "runs": runs}, "rows": rows,
-                "table": text, "micro": micro_text}
+                "table": text, "micro": micro_text, "chosen": chosen}
     (a.out / "ablation.json").write_text(json.dumps(combined, indent=1, default=str))
     return 0
 

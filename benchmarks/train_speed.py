@@ -82,7 +82,7 @@ def run(name: str, data, device, epochs: int | None, tiny: bool, save_weights: P
         args = (args.replace(dim=32, hidden_dim=64, n_heads=2, n_layers=2) if isinstance(args, ModelArgs)
                 else args.replace(stem_width=8, widths=(16, 16, 32)))
         changes.update(epochs=epochs or 2, batch_size=64, train_subset=512, val_size=256, num_workers=0,
-                       compile=False, eval_batch_size=256)
+                       compile=False, compile_scope="step", eval_batch_size=256)
     cfg = cfg.replace(**changes)
     torch.manual_seed(cfg.seed)
     model = build_model(args)

@@ -59,8 +59,9 @@ def test_a_budgeted_run_is_not_reported_as_extrapolated(tmp_path):
 
 
 def test_the_release_rows_run_with_one_teacher(tmp_path):
-    """The release benchmark's own rows (airbench aside: it needs a GPU): the teacher is trained once and is the
-    teacher of both distilled rows, whose clocks start with its training; each distilled row runs with its budget."""
+    """The release benchmark's own rows (airbench aside: it needs a GPU): the teacher row's CNN is the distilled row's
+    teacher, trained once; the sprint's teacher is its own shorter run (teacher_sprint); each distilled row's clock
+    starts with its teacher's training, and each runs with its own budget."""
     run_series = run_series_module()
     ours = [r for r in run_series.RELEASE_BENCHMARK if not r.startswith("airbench")]
     assert ours == ["teacher", "distilled", "distilled_sprint"]
@@ -68,10 +69,12 @@ def test_the_release_rows_run_with_one_teacher(tmp_path):
     run_tiny(out, "--recipes", ",".join(ours))
     rows = {r["recipe"]: r for r in json.loads(out.read_text())["rows"]}
     assert list(rows) == ours
-    for name in ("distilled", "distilled_sprint"):
-        assert rows[name]["teacher_seconds"] == rows["teacher"]["train_seconds"]
+    assert rows["distilled"]["teacher_seconds"] == rows["teacher"]["train_seconds"] and rows["distilled"]["teacher"] == "teacher"
+    sprint = rows["distilled_sprint"]
+    assert sprint["teacher"] == "teacher_sprint" and sprint["train_seconds"] == sprint["teacher_seconds"] + sprint["student_seconds"]
+    assert "teacher_sprint" not in rows  # trained for the sprint, not a row of its own
     budgets = {name: rows[name]["config"]["budget_minutes"] for name in ("distilled", "distilled_sprint")}
-    assert budgets == {"distilled": 4.2, "distilled_sprint": 0.3}  # each with its own budget (the student's minutes)
+    assert budgets == {"distilled": 4.3, "distilled_sprint": 0.4}  # each with its own budget (the student's minutes)
 
 
 def test_a_release_trains_before_it_reads_the_model():
@@ -90,18 +93,38 @@ def perf_ablation_module():
     return module
 
 
-def test_the_ablation_plan_fits_its_deadline_and_keeps_the_final_runs_cold():
-    """The scheduler: pinned runs first, then shared ones only while their estimate (a new teacher included) fits."""
+def test_the_ablation_plan_fits_its_deadline_and_keeps_the_cold_runs_first():
+    """The scheduler: pinned runs first (skipped when their estimate no longer fits), then shared ones only while their
+    estimate (a new teacher included) fits; a run that must compile cold is the first to train on its GPU."""
     pa = perf_ablation_module()
-    plan = pa.Plan(pa.PINNED, pa.SHARED, pa.RUNS, deadline=500)
-    assert plan.next(0, 0) == "final_seed1" and plan.next(1, 0) == "micro" and plan.next(1, 25) == "final_seed2"
-    assert pa.RUNS["final_seed1"]["cold"] and pa.RUNS["final_seed2"]["cold"]  # first to compile on their GPU
-    assert plan.next(0, 300) == "soft100"  # 85 s + a seed-0 teacher: 400 s
-    assert plan.next(1, 330) == "ema100"  # the same on GPU 1, which trains its own seed-0 teacher: 430 s
-    assert plan.next(0, 421) is None  # the shortest left (hard100, 80 s) would end at 501 s
-    assert plan.next(1, 400) == "flash100" and plan.shared == ["b1024", "hard100"]
+    for name, (pinned, shared) in pa.PLANS.items():
+        for gpu, names in pinned.items():
+            training = [n for n in names if pa.RUNS[n].get("recipe")]
+            assert all(not pa.RUNS[n].get("cold") for n in training[1:]), (name, gpu)
+    plan = pa.Plan({0: ["soft100", "ema100"], 1: ["micro", "sprint"]}, ["b1024", "hard100"], pa.RUNS, deadline=300)
+    assert plan.next(0, 0) == "soft100" and plan.next(1, 0) == "micro"
+    assert plan.next(1, 25) == "sprint"  # its teacher is seed 0's too, new on GPU 1: 25 + 45 + 15 s
+    assert plan.next(0, 150) == "ema100"  # 110 s, the teacher already trained on GPU 0
+    assert plan.next(1, 200) == "b1024"  # 200 + 100 s: GPU 1 trained seed 0's teacher for the sprint
+    assert plan.next(0, 260) is None and plan.shared == ["hard100"]  # 260 + 110 s > 300
+    late = pa.Plan({0: ["ema100", "micro"]}, [], pa.RUNS, deadline=100)
+    assert late.next(0, 0) == "micro" and late.skipped == ["ema100"]  # a pinned run that can't fit is skipped, not started
     assert all(v == pa.SAFE_ENV[k] for k, v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                                                  "NVSHMEM_DISABLE_NVLS": "1"}.items())
+
+
+def test_the_seeds_plan_takes_the_compile_scope_that_fits_more_epochs():
+    """choose_scope: the probes' measured first epoch and steady epochs decide; a failed probe keeps today's scope."""
+    pa = perf_ablation_module()
+
+    def probe(scope, first, each, status="ok"):
+        history = [{"seconds": first, "eval_seconds": 1.0}] + [{"seconds": each, "eval_seconds": 0.02}] * 5
+        return {"name": f"probe_{scope}", "status": status, "spec": {"set": {"compile_scope": scope}}, "history": history}
+
+    assert pa.choose_scope([probe("step", 36.5, 0.68), probe("blocks", 21.2, 0.63)], 260)[0] == "blocks"
+    assert pa.choose_scope([probe("step", 36.5, 0.68), probe("blocks", 35.0, 0.68)], 260)[0] == "step"  # 2 more: within the margin
+    scope, why = pa.choose_scope([probe("step", 36.5, 0.68), probe("blocks", 21.2, 0.63, "error")], 260)
+    assert scope == "step" and "failed" in why
 
 
 def test_the_ablation_runs_on_the_cpu_and_survives_a_failing_run(tmp_path):

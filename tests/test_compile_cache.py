@@ -36,7 +36,8 @@ def test_the_key_names_torch_and_the_device_and_ignores_the_runs_length_and_seed
     assert CC.cache_key(args, cfg.replace(epochs=300, seed=1, budget_minutes=None, ema_decay=0.999), torch.device("cpu")) == key
     assert CC.cache_key(args, cfg.replace(batch_size=1024), torch.device("cpu")) != key
     assert CC.cache_key(args.replace(dim=128), cfg, torch.device("cpu")) != key
-    assert CC.cache_key(args, cfg.replace(distill_temperature=3.0), torch.device("cpu")) != key
+    assert CC.cache_key(args, cfg.replace(distill_temperature=2.0), torch.device("cpu")) != key
+    assert CC.cache_key(args, cfg.replace(compile_scope="step"), torch.device("cpu")) != key
 
 
 def test_the_folder_follows_the_environment(tmp_path):

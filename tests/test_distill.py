@@ -146,10 +146,12 @@ def test_cnn_presets_and_recipes():
     assert count_parameters(ConvNet(CNN_PRESETS["teacher_small"])) == 412_944
     _, fast = recipe("fast")
     args, distilled = recipe("distilled")
-    # the distilled recipe is the fast one with soft distillation and a time budget (issue 21)
-    assert (distilled.distill, distilled.distill_weight, distilled.distill_temperature) == ("soft", 0.7, 2.0)
+    # the distilled recipe is the fast one with soft distillation, regional compilation and a time budget (issue 21)
+    assert (distilled.distill, distilled.distill_weight, distilled.distill_temperature) == ("soft", 0.9, 3.0)
     assert distilled.replace(distill="none", distill_weight=0.5, distill_temperature=1.0, epochs=fast.epochs,
-                             budget_minutes=None) == fast and args == recipe("fast")[0]
+                             budget_minutes=None, compile_scope="step") == fast and args == recipe("fast")[0]
+    # the sprint's teacher is the teacher recipe, shorter
+    assert recipe("teacher_sprint")[1] == recipe("teacher")[1].replace(epochs=10) and TEACHER_RECIPES["distilled_sprint"] == "teacher_sprint"
     quick = recipe("distilled_quick")[1]
     assert quick.replace(distill="none", distill_weight=0.5, distill_temperature=1.0) == recipe("quick")[1]
     for student, teacher_name in TEACHER_RECIPES.items():

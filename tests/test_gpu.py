@@ -77,6 +77,37 @@ def test_whole_step_cuda_graph_trains_like_the_plain_loop(tiny_args, compile):
 
 
 @cuda
+def test_regional_compilation_trains_like_the_whole_compiled_step(tiny_args):
+    """compile_scope="blocks" (each block and the teacher compiled on their own) inside the whole-step graph, with a
+    teacher: the same updates as compile_scope="step", and the modules leave train() uncompiled."""
+    from conftest import synthetic_data
+    from vit_helpers import VisionTransformer
+    from vit_helpers.cnn import ConvNet
+    from vit_helpers.config import CNN_PRESETS
+    from vit_helpers.train import TrainConfig, train
+
+    data = synthetic_data()
+    cfg = TrainConfig(epochs=2, batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine", warmup_epochs=1,
+                      grad_clip=1.0, pipeline="gpu", augment="crop_flip", mix_prob=0.5, precision="fp32", compile=True,
+                      cuda_graph=True, distill="soft", distill_weight=0.7, distill_temperature=2.0, val_size=64,
+                      eval_batch_size=64)
+    torch.manual_seed(1)
+    teacher = ConvNet(CNN_PRESETS["teacher_small"].replace(n_classes=tiny_args.n_classes)).cuda().eval()
+    runs = []
+    for scope in ("step", "blocks"):
+        torch.manual_seed(0)
+        model = VisionTransformer(tiny_args)
+        result = train(model, data, cfg.replace(compile_scope=scope), teacher=teacher, progress=False)
+        runs.append((model.state_dict(), result.history))
+        assert all(getattr(m, "_compiled_call_impl", None) is None for m in [*model.transformer, teacher])
+    (w0, h0), (w1, h1) = runs
+    for k in w0:
+        torch.testing.assert_close(w1[k], w0[k], atol=2e-4, rtol=1e-3)
+    for a, b in zip(h0, h1):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+
+
+@cuda
 def test_the_graph_records_the_plain_step_and_resumes_exactly(tiny_args, tmp_path, monkeypatch):
     """GraphedStep runs TrainStep.update (the step notebook 05 prints); a graphed run resumed from last.pt
     ends with the weights of an uninterrupted one (the lr lives in a device tensor the graph reads)."""

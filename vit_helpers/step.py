@@ -114,8 +114,13 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
         self.totals = torch.zeros(2, device=device)  # this epoch's summed loss and correct predictions, on the device
         self.ema = self.make_ema(model) if cfg.ema_decay else None  # the weights' moving average (cfg.ema_decay)
+        self.compiled_regions: list[nn.Module] = []  # compile_scope="blocks": the modules compiled in place
         if cfg.compile and device.type == "cuda":  # fuse the model and the loss into fewer kernels
-            self.loss = torch.compile(self.loss, mode="default" if capturable else cfg.compile_mode)
+            mode = "default" if capturable else cfg.compile_mode
+            if cfg.compile_scope == "step":
+                self.loss = torch.compile(self.loss, mode=mode)
+            else:
+                self.compiled_regions = compile_regions(model, self.teacher, mode)
 
     def epoch(self, batches):
         """What `__call__` takes, batch by batch, for one epoch."""
@@ -191,6 +196,29 @@ class TrainStep:
         for e, w in pairs:
             if not e.is_floating_point():  # counters (BatchNorm's batch count) are copied, not averaged
                 e.copy_(w)
+
+
+def compile_regions(model: nn.Module, teacher: nn.Module | None, mode: str = "default", **compile_kw) -> list[nn.Module]:
+    """Regional compilation (cfg.compile_scope="blocks"): compile each transformer block, and the teacher, in place.
+
+    The blocks run the same code on same-shaped inputs, so torch.compile traces and generates kernels for one block and
+    reuses them for every layer (the block's weights are inputs to the compiled graph, not constants), where compiling
+    the whole loss generates code for all six layers. Returns the compiled modules; `uncompile` puts them back."""
+    inner = getattr(model, "module", model)  # (DDP's wrapped module under torchrun)
+    blocks = list(getattr(inner, "transformer", None) or [])
+    if not blocks:
+        raise ValueError(f"compile_scope='blocks' compiles a VisionTransformer's blocks (model.transformer); "
+                         f"{type(inner).__name__} has none: use compile_scope='step'")
+    regions = blocks + ([teacher] if teacher is not None else [])
+    for module in regions:
+        module.compile(mode=mode, **compile_kw)
+    return regions
+
+
+def uncompile(regions: list[nn.Module]) -> None:
+    """Undo `compile_regions`: each module calls its plain forward again (as after nn.Module.compile was never called)."""
+    for module in regions:
+        module._compiled_call_impl = None
 
 
 def check_teacher(teacher: nn.Module, data: ImageData, n_classes: int, device: torch.device) -> None:

@@ -24,8 +24,8 @@ from .compile_cache import CompileCache
 from .config import RECIPES, TrainConfig, recipe  # noqa: F401  (re-exported: the notebooks import them from here)
 from .data import GPUBatches, ImageData, classic_loader, train_val_split
 from .progress import EpochLog  # the table and the progress display (an HTML display in Jupyter, tqdm in a terminal)
-from .step import (TrainStep, autocast_settings, check_teacher, freeze_teacher, make_optimizer, make_step,  # noqa: F401
-                   param_groups, set_lr, teacher_loss)  # (re-exported: the notebooks and tests import them from here)
+from .step import (TrainStep, autocast_settings, check_teacher, compile_regions, freeze_teacher,  # noqa: F401
+                   make_optimizer, make_step, param_groups, set_lr, teacher_loss, uncompile)  # (re-exported: the notebooks and tests import them from here)
 
 
 def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
@@ -182,7 +182,11 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
     net = distributed.wrap(model, device, graphed=cfg.cuda_graph)  # DDP with several processes, else the model itself
     step = make_step(net, cfg, device, train_batches, teacher)
     validated = model if getattr(step, "ema", None) is None else step.ema  # cfg.ema_decay: the weights' average
-    forward = torch.compile(validated) if cfg.compile and device.type == "cuda" else validated  # for evaluation
+    compiled = cfg.compile and device.type == "cuda"
+    regions = getattr(getattr(step, "step", step), "compiled_regions", [])  # compile_scope="blocks" (GraphedStep wraps a TrainStep)
+    if compiled and cfg.compile_scope == "blocks" and validated is not model:  # the average's blocks, for evaluation
+        regions = regions + compile_regions(validated, None)
+    forward = torch.compile(validated) if compiled and cfg.compile_scope == "step" else validated  # for evaluation
     run = ckpt_io.TrainingRun(Path(checkpoint_dir) if checkpoint_dir else None, model, cfg, data, step, train_batches,
                               device, teacher)
     result = TrainResult(epochs=cfg.epochs, checkpoint_dir=run.directory)
@@ -223,6 +227,7 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
         if on_epoch_end is not None:
             on_epoch_end(record)
     log.close()
+    uncompile(regions)  # the model (and teacher) leave train() as they came: not compiled in place
     if validated is not model:  # the model ends with what was validated and kept as best.pt: the average
         model.load_state_dict(validated.state_dict())
     return result
