@@ -341,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(e), each_line=True)
     setup = distributed.setup()
     try:
-        return run(a, args, cfg, setup)
+        code = run(a, args, cfg, setup)
+        # Every rank leaves together: rank 0 still writing its results while another rank already tore its process group
+        # down and exited aborted that rank now and then on the CPU ("terminate called without an active exception").
+        distributed.barrier()
+        return code
     except (UsageError, distributed.BatchSplitError) as e:
         _fail(str(e))
     finally:
