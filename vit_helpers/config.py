@@ -291,13 +291,13 @@ RECIPES: dict[str, tuple[str, dict, str | None, dict]] = {
     # within one run's noise, so a small gain at best. The length is a time budget, not an epoch count: the target
     # (<= 265 s on an H200, <= 300 s on an H100, teacher included) is a time, and the first epoch's compilation varies
     # from ~5 s (warm caches) to ~30 s (a fresh machine), so a fixed count either overruns a cold run or wastes a warm
-    # one. 4.3 minutes for the student after the teacher's ~12 s: ~261 s of training on an H200 (evaluation counts
+    # one. 4.33 minutes for the student after the teacher's ~11 s: ~263 s of training on an H200 (evaluation counts
     # against the budget, not the training seconds); a slower GPU (a Colab T4) gets fewer epochs, not a longer wait.
     # At most 400 epochs. Regional compilation (compile_scope="blocks"), measured cold side by side with the whole
     # compiled loss in run 11: first epoch 21.2 s against 36.5 s, and 71,059 against 65,846 images/s after it, so
-    # about 363 epochs fit where 309 did (4.33 minutes: seeds 1 and 2 reached 89.66% and 90.65% test in 262-263 s).
+    # about 363 epochs fit where 309 did (seeds 1 and 2 of this recipe: 89.66% and 90.65% test in 262.2 and 263.2 s).
     "distilled": ("article", {"dropout": 0.0}, "fast", dict(
-        epochs=400, budget_minutes=4.3, distill="soft", distill_weight=0.9, distill_temperature=3.0, compile_scope="blocks")),
+        epochs=400, budget_minutes=4.33, distill="soft", distill_weight=0.9, distill_temperature=3.0, compile_scope="blocks")),
     # CPU-sized (notebook 09's quick mode), at the T = 2, w = 0.7 its stored lessons were made with.
     "distilled_quick": ("small", {}, "quick", dict(distill="soft", distill_weight=0.7, distill_temperature=2.0)),
     # The 30-second attempt (the article's 75.07% in 30 s, teacher included): a 10-epoch teacher (~5 s, 89.06% test in
