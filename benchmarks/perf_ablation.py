@@ -1,24 +1,30 @@
-"""Run 10 (issue 21) in one command on a 2-GPU machine: the distilled recipe on two more seeds, and the levers side by side.
+"""Issue 21's GPU measurements in one command each, on a 2-GPU machine (run 11, benchmarks/NOTES.md):
 
-    python benchmarks/perf_ablation.py --out benchmarks/results/run10          # 2 GPUs, under 9 minutes
-    python benchmarks/perf_ablation.py --list                                  # the plan and its time estimates
-    python benchmarks/perf_ablation.py --tiny --out /tmp/ablation              # CPU, tiny models: checks the script
+    python benchmarks/perf_ablation.py --plan ablation --out benchmarks/results/run11/ablation   # the levers, < 9 min
+    python benchmarks/perf_ablation.py --plan seeds --out benchmarks/results/run11/seeds         # the final seeds, < 8 min
+    python benchmarks/perf_ablation.py --list [--plan seeds]                                    # a plan and its estimates
+    python benchmarks/perf_ablation.py --tiny --out /tmp/ablation                               # CPU, tiny models: checks the script
 
 Each GPU works through a queue, one training run per process (CUDA_VISIBLE_DEVICES picks the GPU), so the two GPUs
-run side by side and one run's crash can't take the others with it. A queue starts with its pinned runs (GPU 0: the
-final `distilled` recipe with seed 1; GPU 1: the micro-benchmarks, then the final recipe with seed 2; the release
-benchmark gives seed 0), then takes runs from a shared list, in order of priority, while the time estimate of the next
-one still fits before --deadline; a run still going at the deadline is stopped and recorded as such. The ablation runs
-are 100 epochs of the distilled recipe without its budget, seed 0 (the issue measured soft T 2 w 0.7 at 84.31% and hard
-w 0.5 at 83.41% that way), each changing one thing.
+run side by side and one run's crash can't take the others with it. A queue starts with its pinned runs, then takes
+runs from a shared list, in order of priority, while the time estimate of the next one (a new teacher's training
+included) still fits before --deadline; a pinned run that no longer fits is skipped; a run still going at the deadline
+is stopped and recorded as such.
 
-Compilation: each final run starts with empty inductor/Triton caches and no vit_helpers compile cache (cold, as the
-release benchmark is), and saves its compile cache after the first epoch; each later run on that GPU starts with empty
-inductor caches too, but loads that compile cache, so its first epoch measures the compile cache's saving where its
-graphs are the final recipe's (runs that change the graphs, e.g. another batch size, compile cold).
+--plan ablation: 100 epochs of the distilled recipe as run 11 found it (soft T 2, w 0.7, the whole loss compiled:
+RUN11_BASE), seed 0, no budget, one change per row (the EMA, T 3 / w 0.9, flash attention, no compile, batch 1024, less
+mixing, ...); the compile cache's saving (cache10: a first epoch from soft100's cache); the attention kernels and the
+teacher's forward timed alone (micro); the 30-second sprint with the 24- and the 10-epoch teacher.
+--plan seeds: first the compile-scope probes (12 cold epochs of the distilled recipe with compile_scope "step" and
+"blocks", one per GPU), whose measured first epoch and steady epochs choose the scope (choose_scope); then seeds 1 and 2
+of the final `distilled` recipe with that scope, cold as the release benchmark is (which gives seed 0), and the sprint.
+
+Compilation: every run starts with empty inductor/Triton caches; a run marked "cold" must also be the first to write the
+vit_helpers compile cache on its GPU (it saves it after the first epoch), and later runs on that GPU load it where their
+graphs match (cache10 measures the saving that way).
 
 Writes into --out: one JSON per run (`runs/<name>.json`), each run's log (`logs/<name>.log`), and `ablation.json`
-(the plan, every row, the micro-benchmarks and the table, which is also printed at the end).
+(the plan, every row, the micro-benchmarks, the chosen scope and the table, which is also printed at the end).
 """
 from __future__ import annotations
 
@@ -42,6 +48,9 @@ SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "N
 ABLATION_EPOCHS = 100
 PROBE_EPOCHS = 12
 NO_BUDGET = {"budget_minutes": None, "seed": 0}
+# The ablation's baseline, pinned: the distilled recipe as run 11 measured it (soft T 2, w 0.7, the whole loss compiled),
+# so that the rows still mean what they meant after the recipe moved on (T 3, w 0.9, compile_scope="blocks").
+RUN11_BASE = {**NO_BUDGET, "distill_weight": 0.7, "distill_temperature": 2.0, "compile_scope": "step"}
 
 # name -> what it runs. est_s: seconds on one H200 including the process's start, data and test evaluation, its
 # teacher's training when this GPU has not trained that teacher yet (+12 s, counted by the scheduler) and a compile
@@ -61,35 +70,37 @@ RUNS: dict[str, dict] = {
                      "est_s": 45, "why": "regional compilation (compile_scope='blocks'), cold: compile time and speed"},
     "sprint_final": {"recipe": "distilled_sprint", "est_s": 45, "why": "the sprint recipe as the release will run it"},
     # the ablation: 100 epochs of the distilled recipe without its budget, seed 0, one change each
-    "soft100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET}, "est_s": 110, "cold": True,
+    "soft100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**RUN11_BASE}, "est_s": 110, "cold": True,
                 "why": "baseline: soft T 2, w 0.7 (issue 21: 84.31%), cold compile"},
-    "cache10": {"recipe": "distilled", "epochs": 10, "set": {**NO_BUDGET}, "est_s": 20,
+    "cache10": {"recipe": "distilled", "epochs": 10, "set": {**RUN11_BASE}, "est_s": 20,
                 "why": "10 epochs of the baseline, its first epoch from soft100's compile cache: the cache's saving"},
-    "ema100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "ema_decay": 0.999}, "est_s": 110,
+    "ema100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**RUN11_BASE, "ema_decay": 0.999}, "est_s": 110,
                "why": "+ an EMA of the weights, decay 0.999 (~11 epochs)"},
-    "t3w09": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "distill_temperature": 3.0,
+    "t3w09": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**RUN11_BASE, "distill_temperature": 3.0,
               "distill_weight": 0.9}, "est_s": 110, "why": "soft T 3, w 0.9 instead of T 2, w 0.7"},
-    "mix05": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "mix_prob": 0.5}, "est_s": 110,
+    "mix05": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**RUN11_BASE, "mix_prob": 0.5}, "est_s": 110,
               "why": "MixUp/CutMix on 50% of the batches instead of 80%"},
-    "lr15": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "lr": 1.5e-3}, "est_s": 110,
+    "lr15": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**RUN11_BASE, "lr": 1.5e-3}, "est_s": 110,
              "why": "lr 1.5e-3 instead of 1e-3"},
-    "ls0": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "label_smoothing": 0.0}, "est_s": 110,
+    "ls0": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**RUN11_BASE, "label_smoothing": 0.0}, "est_s": 110,
             "why": "no label smoothing on the true label (the teacher's term already softens the target)"},
-    "flash100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "attention": "flash"}, "est_s": 110,
+    "flash100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**RUN11_BASE, "attention": "flash"}, "est_s": 110,
                  "why": "flash attention instead of torch's choice (cuDNN on an H100 in run 2: 28% of the GPU time)"},
-    "b1024": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "batch_size": 1024, "lr": 1.4e-3},
+    "b1024": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**RUN11_BASE, "batch_size": 1024, "lr": 1.4e-3},
               "est_s": 100, "why": "batch 1024, lr x sqrt(2) (half the steps; bigger matrices)"},
-    "nocompile100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET, "compile": False}, "est_s": 120,
+    "nocompile100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**RUN11_BASE, "compile": False}, "est_s": 120,
                      "why": "no torch.compile (the step still one CUDA graph): no compile time, slower steps"},
-    "tmid100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**NO_BUDGET},
+    "tmid100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS, "set": {**RUN11_BASE},
                 "teacher_model": {"stem_width": 48, "widths": [96, 192, 384]}, "est_s": 110,
                 "why": "a narrower teacher (3/4 of the width, ~0.56x its FLOPs): a cheaper forward in every step"},
     "hard100": {"recipe": "distilled", "epochs": ABLATION_EPOCHS,
-                "set": {**NO_BUDGET, "distill": "hard", "distill_weight": 0.5, "distill_temperature": 1.0}, "est_s": 110,
+                "set": {**RUN11_BASE, "distill": "hard", "distill_weight": 0.5, "distill_temperature": 1.0}, "est_s": 110,
                 "why": "reference: the old hard distillation, w 0.5 (issue 21: 83.41%)"},
     # the 30-second sprint: as in the release, and with a shorter teacher whose saved seconds go to the student
-    "sprint": {"recipe": "distilled_sprint", "est_s": 45, "why": "the sprint as the release runs it (teacher 24 epochs)"},
-    "sprint_t10": {"recipe": "distilled_sprint", "teacher_set": {"epochs": 10}, "set": {"budget_minutes": 0.38},
+    "sprint": {"recipe": "distilled_sprint", "teacher_recipe": "teacher", "set": {"budget_minutes": 0.3}, "est_s": 45,
+               "why": "the sprint as the 2026-12-01 release ran it (teacher 24 epochs, student budget 0.3 min)"},
+    "sprint_t10": {"recipe": "distilled_sprint", "teacher_recipe": "teacher", "teacher_set": {"epochs": 10},
+                   "set": {"budget_minutes": 0.38},
                    "est_s": 45, "why": "the sprint with a 10-epoch teacher (~5 s) and the student's budget 0.3 -> 0.38 min"},
 }
 # Which GPU runs what (GPU -> its pinned runs, in order), then the shared runs in order of priority. Every pinned
@@ -132,7 +143,7 @@ def teacher_for(spec: dict, data, device, tiny: bool, folder: Path) -> dict:
     from vit_helpers.cnn import build_model
     from vit_helpers.config import TEACHER_RECIPES, recipe
 
-    name, seed = TEACHER_RECIPES[spec["recipe"]], spec.get("teacher_seed", 0)
+    name, seed = spec.get("teacher_recipe") or TEACHER_RECIPES[spec["recipe"]], spec.get("teacher_seed", 0)
     changes, shape = dict(spec.get("teacher_set", {})), {k: tuple(v) if isinstance(v, list) else v
                                                            for k, v in spec.get("teacher_model", {}).items()}
     variant = f"{name}_seed{seed}" + (f"_{hashlib.blake2b(json.dumps([changes, spec.get('teacher_model', {})], sort_keys=True).encode(), digest_size=4).hexdigest()}"
@@ -290,7 +301,10 @@ class Plan:
 
     @staticmethod
     def teacher_of(spec: dict) -> str:
-        return json.dumps([spec.get("teacher_seed", 0), spec.get("teacher_set", {}), spec.get("teacher_model", {})], sort_keys=True)
+        from vit_helpers.config import TEACHER_RECIPES
+
+        return json.dumps([spec.get("teacher_recipe") or TEACHER_RECIPES[spec["recipe"]], spec.get("teacher_seed", 0),
+                           spec.get("teacher_set", {}), spec.get("teacher_model", {})], sort_keys=True)
 
     def estimate(self, gpu: int, name: str) -> float:
         spec = self.runs[name]
@@ -320,15 +334,20 @@ def launch(name: str, spec: dict, gpu: int, out: Path, scratch: Path, tiny: bool
     """One run as its own process on GPU `gpu`; its row (or what went wrong) comes back."""
     result, log = out / "runs" / f"{name}.json", out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    # The vit_helpers compile cache: a "cold" run gets an empty folder of its own and saves its cache there after its first
+    # epoch; the later runs on that GPU load from the latest cold run's folder (where their graphs match).
+    pointer = scratch / f"compile_cache_gpu{gpu}.txt"
+    if spec.get("cold"):
+        cache = scratch / f"compile_cache_gpu{gpu}_{name}"
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(str(cache))
+    else:
+        cache = Path(pointer.read_text()) if pointer.is_file() else scratch / f"compile_cache_gpu{gpu}"
     env = {**os.environ, **SAFE_ENV, "CUDA_VISIBLE_DEVICES": str(gpu), "VIT_PROGRESS": "0",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           # empty inductor/Triton caches for every run; the GPU's compile cache, which a final (cold) run only writes
+           # empty inductor/Triton caches for every run
            "TORCHINDUCTOR_CACHE_DIR": str(scratch / "inductor" / name), "TRITON_CACHE_DIR": str(scratch / "triton" / name),
-           # The GPU's compile cache: still empty for a "cold" run (the first to compile on its GPU), which saves it
-           "VIT_COMPILE_CACHE": str(scratch / f"compile_cache_gpu{gpu}")}
-    if spec.get("cold") and any((scratch / f"compile_cache_gpu{gpu}").glob("*.bin")):
-        return {"name": name, "why": spec.get("why", ""), "spec": spec, "status": "error", "gpu": gpu,
-                "error": f"not cold: GPU {gpu} has a compile cache already (pin cold runs before any other training run)"}
+           "VIT_COMPILE_CACHE": str(cache)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--spec", json.dumps(spec), "--result", str(result),
            "--teachers", str(scratch / f"teachers_gpu{gpu}")] + (["--tiny"] if tiny else [])
     t0 = time.perf_counter()
@@ -381,13 +400,15 @@ def run_plan(plan: Plan, out: Path, tiny: bool = False, start: float | None = No
     return rows
 
 
-def choose_scope(rows: list[dict], budget_s: float, margin: int = 3) -> tuple[str, str]:
+def choose_scope(rows: list[dict], budget_s: float, default: str, margin: int = 3) -> tuple[str, str]:
     """(the compile_scope the final seeds use, why): the one whose measured cold first epoch and steady epochs (evaluation
-    included, as the budget counts them) fit more epochs into the student's budget; "step" (today's) unless "blocks"
-    fits at least `margin` more, or if a probe failed."""
+    included, as the budget counts them) fit more epochs into the student's budget: "blocks" if it fits at least `margin`
+    more than "step", "step" if it fits at least as many; `default` (the recipe's own) between the two or if a probe
+    failed."""
     probe = {r["spec"]["set"]["compile_scope"]: r for r in rows if r["name"].startswith("probe_")}
     if any(r["status"] != "ok" for r in probe.values()) or set(probe) != {"step", "blocks"}:
-        return "step", "a probe failed or is missing: " + ", ".join(f"{r['name']} {r['status']}" for r in probe.values())
+        return default, f"the recipe's own ({default}): a probe failed or is missing: " + (
+            ", ".join(f"{r['name']} {r['status']}" for r in probe.values()) or "none ran")
     fits = {}
     for scope, r in probe.items():
         h = r["history"]
@@ -395,7 +416,7 @@ def choose_scope(rows: list[dict], budget_s: float, margin: int = 3) -> tuple[st
         rest = h[1:] or h  # (a one-epoch probe: --tiny)
         each = sorted(e["seconds"] + e["eval_seconds"] for e in rest)[len(rest) // 2]
         fits[scope] = (1 + int((budget_s - first) / each), first, each)
-    scope = "blocks" if fits["blocks"][0] >= fits["step"][0] + margin else "step"
+    scope = "blocks" if fits["blocks"][0] >= fits["step"][0] + margin else "step" if fits["step"][0] >= fits["blocks"][0] else default
     why = "; ".join(f"{k}: first epoch {f:.1f} s, then {e:.3f} s each -> {n} epochs in {budget_s:.0f} s"
                     for k, (n, f, e) in fits.items())
     return scope, why
@@ -481,12 +502,16 @@ def main(argv=None) -> int:
         load_cifar10()  # once, before the queues: the workers then read the decoded cache instead of decoding twice
     chosen = None
     if a.plan == "seeds":  # phase 1: the probes; phase 2 (below): the seeds with the scope they chose
-        probes = PROBES if a.gpus >= 2 else {0: [n for g in sorted(PROBES) for n in PROBES[g]]}
-        probe_rows = run_plan(Plan(probes, [], runs, a.deadline), a.out, a.tiny, start=t0)
+        if a.gpus >= 2:
+            probe_rows = run_plan(Plan(PROBES, [], runs, a.deadline), a.out, a.tiny, start=t0)
+        else:  # one after the other on GPU 0, each from its own empty caches (a plan's scratch holds one compile cache per GPU)
+            probe_rows = [row for g in sorted(PROBES) for row in run_plan(Plan({0: PROBES[g]}, [], runs, a.deadline), a.out,
+                                                                          a.tiny, start=t0)]
         sys.path.insert(0, str(ROOT))
         from vit_helpers.config import recipe
 
-        scope, why = choose_scope(probe_rows, 60 * recipe("distilled")[1].budget_minutes)
+        _, final = recipe("distilled")
+        scope, why = choose_scope(probe_rows, 60 * final.budget_minutes, final.compile_scope)
         chosen = {"compile_scope": scope, "why": why}
         print(f"compile_scope for the seeds: {scope} ({why})", flush=True)
         runs = {n: ({**spec, "set": {**spec.get("set", {}), "compile_scope": scope}} if spec.get("recipe") == "distilled" else spec)

@@ -121,10 +121,12 @@ def test_the_seeds_plan_takes_the_compile_scope_that_fits_more_epochs():
         history = [{"seconds": first, "eval_seconds": 1.0}] + [{"seconds": each, "eval_seconds": 0.02}] * 5
         return {"name": f"probe_{scope}", "status": status, "spec": {"set": {"compile_scope": scope}}, "history": history}
 
-    assert pa.choose_scope([probe("step", 36.5, 0.68), probe("blocks", 21.2, 0.63)], 260)[0] == "blocks"
-    assert pa.choose_scope([probe("step", 36.5, 0.68), probe("blocks", 35.0, 0.68)], 260)[0] == "step"  # 2 more: within the margin
-    scope, why = pa.choose_scope([probe("step", 36.5, 0.68), probe("blocks", 21.2, 0.63, "error")], 260)
-    assert scope == "step" and "failed" in why
+    assert pa.choose_scope([probe("step", 36.5, 0.68), probe("blocks", 21.2, 0.63)], 260, "step")[0] == "blocks"
+    assert pa.choose_scope([probe("step", 36.5, 0.68), probe("blocks", 35.0, 0.68)], 260, "step")[0] == "step"  # within the margin
+    assert pa.choose_scope([probe("step", 36.5, 0.68), probe("blocks", 35.0, 0.68)], 260, "blocks")[0] == "blocks"
+    assert pa.choose_scope([probe("step", 20.0, 0.63), probe("blocks", 21.2, 0.63)], 260, "blocks")[0] == "step"  # step fits more
+    scope, why = pa.choose_scope([probe("step", 36.5, 0.68), probe("blocks", 21.2, 0.63, "error")], 260, "blocks")
+    assert scope == "blocks" and "failed" in why
 
 
 def test_the_ablation_runs_on_the_cpu_and_survives_a_failing_run(tmp_path):

@@ -238,7 +238,8 @@ def _train_config_problems(c: TrainConfig) -> list[str | None]:
     if c.compile_mode != "default" and not c.compile:
         problems.append(f"compile_mode={c.compile_mode!r} needs compile=True")
     if c.compile_scope != "step" and not c.compile:
-        problems.append(f"compile_scope={c.compile_scope!r} needs compile=True")
+        problems.append(f"compile_scope={c.compile_scope!r} needs compile=True (to train uncompiled, set compile=False "
+                        "and compile_scope='step')")
     if c.cuda_graph and c.compile_mode != "default":
         problems.append("cuda_graph=True records the whole step itself: leave compile_mode='default'")
     if c.optimizer != "sgd" and c.momentum != 0.9:

@@ -187,50 +187,52 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
     if compiled and cfg.compile_scope == "blocks" and validated is not model:  # the average's blocks, for evaluation
         regions = regions + compile_regions(validated, None)
     forward = torch.compile(validated) if compiled and cfg.compile_scope == "step" else validated  # for evaluation
-    run = ckpt_io.TrainingRun(Path(checkpoint_dir) if checkpoint_dir else None, model, cfg, data, step, train_batches,
-                              device, teacher)
-    result = TrainResult(epochs=cfg.epochs, checkpoint_dir=run.directory)
-    if resume:
-        run.resume(result)
-    log = EpochLog(cfg, spe, result, (show_progress_bar() if progress is None else progress) and distributed.is_main())
-    pace = Pace(spe, cfg)
-    cache = CompileCache.for_run(model, cfg, device)  # torch.compile's work from an earlier run of these configs
-    log.note(cache.load())
-    while (epoch := len(result.history)) < result.epochs:  # (a budget fixes result.epochs after the first epoch)
-        planned = cfg.replace(epochs=result.epochs, budget_minutes=None)  # the schedule runs over the chosen length
-        step.totals.zero_()
-        pace.start(epoch, device)
-        for i, batch in enumerate(step.epoch(train_batches)):
-            lr = lr_at(epoch * spe + i, planned, spe)
-            step(batch, lr)
-            pace.tick(i, device)
-            log.bar.update(1)
-        seconds = pace.stop(device)
-        loss_sum, correct = distributed.all_reduce_sum(step.totals.clone()).tolist()  # (all ranks' shares)
-        train_loss = loss_sum / (spe * cfg.batch_size)
-        if not (math.isfinite(train_loss) and all(bool(p.isfinite().all()) for p in model.parameters())):
-            log.close()
-            raise NonFiniteLossError(f"the training loss or the weights became non-finite in epoch {epoch + 1} "
-                                     f"(loss {train_loss}); stopped before writing anything, so {run.kept()}. "
-                                     f"Lower the learning rate (now {cfg.lr}), keep grad_clip on, or use precision='fp32'.")
-        t1 = time.perf_counter()
-        val_loss, val_acc = evaluate(forward, val_batches, device, cfg.precision, across_ranks=True)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / (spe * cfg.batch_size),
-                  "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": seconds,
-                  "eval_seconds": time.perf_counter() - t1, "images_per_s": spe * cfg.batch_size / seconds}
-        improved = result.add(record)
-        if epoch == 0 and cfg.budget_minutes:
-            result.epochs = distributed.broadcast_int(pace.fit_budget(result, log))  # rank 0's clock decides
-        log.epoch(record)
-        log.note(cache.save())  # once, after the first epoch: the step, augmentation and evaluation are compiled by now
-        run.save(result, improved, (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == result.epochs)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-    log.close()
-    uncompile(regions)  # the model (and teacher) leave train() as they came: not compiled in place
-    if validated is not model:  # the model ends with what was validated and kept as best.pt: the average
-        model.load_state_dict(validated.state_dict())
-    return result
+    try:
+        run = ckpt_io.TrainingRun(Path(checkpoint_dir) if checkpoint_dir else None, model, cfg, data, step, train_batches,
+                                  device, teacher)
+        result = TrainResult(epochs=cfg.epochs, checkpoint_dir=run.directory)
+        if resume:
+            run.resume(result)
+        log = EpochLog(cfg, spe, result, (show_progress_bar() if progress is None else progress) and distributed.is_main())
+        pace = Pace(spe, cfg)
+        cache = CompileCache.for_run(model, cfg, device)  # torch.compile's work from an earlier run of these configs
+        log.note(cache.load())
+        while (epoch := len(result.history)) < result.epochs:  # (a budget fixes result.epochs after the first epoch)
+            planned = cfg.replace(epochs=result.epochs, budget_minutes=None)  # the schedule runs over the chosen length
+            step.totals.zero_()
+            pace.start(epoch, device)
+            for i, batch in enumerate(step.epoch(train_batches)):
+                lr = lr_at(epoch * spe + i, planned, spe)
+                step(batch, lr)
+                pace.tick(i, device)
+                log.bar.update(1)
+            seconds = pace.stop(device)
+            loss_sum, correct = distributed.all_reduce_sum(step.totals.clone()).tolist()  # (all ranks' shares)
+            train_loss = loss_sum / (spe * cfg.batch_size)
+            if not (math.isfinite(train_loss) and all(bool(p.isfinite().all()) for p in model.parameters())):
+                log.close()
+                raise NonFiniteLossError(f"the training loss or the weights became non-finite in epoch {epoch + 1} "
+                                         f"(loss {train_loss}); stopped before writing anything, so {run.kept()}. "
+                                         f"Lower the learning rate (now {cfg.lr}), keep grad_clip on, or use precision='fp32'.")
+            t1 = time.perf_counter()
+            val_loss, val_acc = evaluate(forward, val_batches, device, cfg.precision, across_ranks=True)
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / (spe * cfg.batch_size),
+                      "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": seconds,
+                      "eval_seconds": time.perf_counter() - t1, "images_per_s": spe * cfg.batch_size / seconds}
+            improved = result.add(record)
+            if epoch == 0 and cfg.budget_minutes:
+                result.epochs = distributed.broadcast_int(pace.fit_budget(result, log))  # rank 0's clock decides
+            log.epoch(record)
+            log.note(cache.save())  # once, after the first epoch: the step, augmentation and evaluation are compiled by now
+            run.save(result, improved, (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == result.epochs)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        log.close()
+        if validated is not model:  # the model ends with what was validated and kept as best.pt: the average
+            model.load_state_dict(validated.state_dict())
+        return result
+    finally:  # the model and the teacher leave train() as they came, not compiled in place (also after an error)
+        uncompile(regions)
 
 
 def load_or_train(model: nn.Module, data: ImageData, cfg: TrainConfig, checkpoint_dir: str | Path, *,
