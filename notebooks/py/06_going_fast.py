@@ -451,8 +451,9 @@ for name, ips, c in rows:
 # %% [markdown]
 # Now a budget, for the last line above: `budget_minutes=12` for the T4 estimate (or, on a CPU without
 # a release record, half a minute of this machine's recipe), with a first epoch that also compiles (on a GPU
-# we assume 30 s: compiling from a cold start costs about that much of the first epoch, 30.1 s for the
-# distilled recipe in this release's benchmark on an NVIDIA H200, `release/benchmark.json`).
+# we assume 30 s: compiling the whole loss from a cold start costs about that much of the first epoch,
+# 28.6-36.5 s for the distilled step in run 11 on NVIDIA H200s, `benchmarks/NOTES.md`; compiled block by
+# block, the distilled recipe's first epoch took 17.4 s in this release's benchmark).
 # The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its clock readings say the same:
 
 # %%
