@@ -173,6 +173,7 @@ def micro(device, tiny: bool) -> dict:
 
     from vit_helpers.cnn import ConvNet
     from vit_helpers.config import CNN_PRESETS
+    from vit_helpers.speed import median_seconds
     from vit_helpers.step import attention_kernels
 
     cuda = device.type == "cuda"
@@ -180,23 +181,8 @@ def micro(device, tiny: bool) -> dict:
     reps = 3 if tiny else 20
 
     def timed(fn) -> float:
-        """Median milliseconds of fn() (CUDA events on a GPU)."""
-        for _ in range(2):
-            fn()
-        times = []
-        for _ in range(reps):
-            if cuda:
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                fn()
-                e.record()
-                torch.cuda.synchronize()
-                times.append(s.elapsed_time(e))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(1e3 * (time.perf_counter() - t0))
-        return sorted(times)[len(times) // 2]
+        """Median milliseconds of fn()."""
+        return 1e3 * median_seconds(fn, device=device, reps=reps, warmup=2)
 
     out = {"attention": {}, "teacher": {}}
     B, H, N, hd = (8, 2, 17, 16) if tiny else (512, 8, 65, 32)  # batch, heads, tokens (64 patches + [CLS]), head width

@@ -12,7 +12,6 @@ cProfile over three epochs).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,22 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vit_helpers import VisionTransformer  # noqa: E402
 from vit_helpers.data import GPUBatches  # noqa: E402
+from vit_helpers.speed import median_seconds  # noqa: E402
 from vit_helpers.train import autocast_settings, make_optimizer, recipe  # noqa: E402
 
 
 def timed(fn, reps=30, warmup=5) -> float:
-    """Median milliseconds of fn() over reps, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e))
-    return statistics.median(out)
+    """Median milliseconds of fn() over reps."""
+    return 1e3 * median_seconds(fn, device="cuda", reps=reps, warmup=warmup)
 
 
 def main() -> int:

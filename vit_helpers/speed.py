@@ -71,22 +71,29 @@ def make_step_fn(model: nn.Module, data: ImageData, cfg: TrainConfig, device: to
     return (lambda: step(next(it), lr)), batches
 
 
+def median_seconds(fn: Callable[[], object], *, device: torch.device | str | None = None, reps: int = 10,
+                   warmup: int = 3) -> float:
+    """The median time of one call of `fn()`, in seconds, over `reps` calls after `warmup` untimed ones; the GPU is
+    waited for (`synchronize`) before and after each call, so each time is that call's whole work."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def matmul_tflops(m: int, k: int, n: int, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                   reps: int = 10, warmup: int = 3) -> float:
     """Measured rate, in TFLOP/s, of (m, k) @ (k, n) in `dtype` (2mkn FLOPs per product), the median of `reps`."""
     device = torch.device(device)
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
-    for _ in range(warmup):
-        a @ b
-    times = []
-    for _ in range(reps):
-        synchronize(device)
-        t0 = time.perf_counter()
-        a @ b
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * m * k * n / statistics.median(times) / 1e12
+    return 2 * m * k * n / median_seconds(lambda: a @ b, device=device, reps=reps, warmup=warmup) / 1e12
 
 
 def copy_gbps(n_bytes: int = 2**28, *, device: torch.device | str = "cpu", reps: int = 10) -> float:
@@ -94,15 +101,7 @@ def copy_gbps(n_bytes: int = 2**28, *, device: torch.device | str = "cpu", reps:
     device = torch.device(device)
     src = torch.empty(n_bytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(reps):
-        synchronize(device)
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n_bytes / statistics.median(times) / 1e9
+    return 2 * n_bytes / median_seconds(lambda: dst.copy_(src), device=device, reps=reps, warmup=1) / 1e9
 
 
 def train_flops_per_image(args: ModelArgs) -> float:
