@@ -1,5 +1,9 @@
 """Multi-head self-attention (Vaswani et al., 2017), the plain way and the fused way.
 
+Locality Self-Attention (Lee, Lee and Song, 2021, arXiv:2112.13492, sec. 3.2; `ModelArgs(lsa=True)`) changes two
+things: the softmax temperature is learned (a per-head scale instead of the fixed 1/sqrt(head_dim)), and each token's
+score with itself is masked out, so attention goes to other tokens and can sharpen instead of flattening out.
+
 The article's version merged the heads with `out.view(b, seq_len, -1)` straight from
 (B, H, N, hd). That reads the memory in head-major order, so token slot i receives pieces of
 other tokens. Here the head axis is moved back next to the channels first (`transpose(1, 2)`).
@@ -29,6 +33,9 @@ class MultiHeadAttention(nn.Module):
         self.wo = nn.Linear(self.dim, self.dim, bias=False)
         # True: F.scaled_dot_product_attention (fused kernels); False: the plain math below.
         self.fused = True
+        self.lsa = args.lsa
+        if self.lsa:  # a log, so the learned scale stays positive; it starts at the usual 1/sqrt(head_dim)
+            self.log_scale = nn.Parameter(torch.full((self.n_heads,), -0.5 * math.log(self.head_dim)))
 
     def split_heads(self, t: torch.Tensor) -> torch.Tensor:
         B, N, _ = t.shape
@@ -43,10 +50,16 @@ class MultiHeadAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"expected tokens shaped (B, N, {self.dim}), got {tuple(x.shape)}")
         q, k, v = self.split_heads(self.wq(x)), self.split_heads(self.wk(x)), self.split_heads(self.wv(x))
+        scale, mask = 1 / math.sqrt(self.head_dim), None
+        if self.lsa:  # the learned temperature goes into q, so the fused kernel can take it (with scale 1)
+            q, scale = q * self.log_scale.exp().view(1, -1, 1, 1).to(q.dtype), 1.0
+            mask = ~torch.eye(x.shape[1], dtype=torch.bool, device=x.device)  # (N, N): False on the diagonal, never attended
         if self.fused and not return_attn:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, hd)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, H, N, hd)
             return self.wo(self.merge_heads(out))
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, N, N)
+        scores = q @ k.transpose(-2, -1) * scale  # (B, H, N, N)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         attn = scores.softmax(dim=-1)  # each row: how much a token reads from every token
         out = self.wo(self.merge_heads(attn @ v))  # (B, H, N, hd) -> (B, N, D)
         return (out, attn) if return_attn else out

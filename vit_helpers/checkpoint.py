@@ -18,7 +18,8 @@ from .model import VisionTransformer
 
 # Fields that change the weights' shapes or meaning. Dropout and drop_path are training-time knobs:
 # the same weights run with any rate, so a checkpoint trained with another rate still loads.
-ARCHITECTURE_FIELDS = ("dim", "hidden_dim", "n_heads", "n_layers", "patch_size", "n_channels", "image_size", "n_classes")
+ARCHITECTURE_FIELDS = ("dim", "hidden_dim", "n_heads", "n_layers", "patch_size", "n_channels", "image_size", "n_classes",
+                       "spt", "lsa")
 
 
 class CheckpointError(ValueError):
@@ -216,9 +217,10 @@ def load(path: str | os.PathLike, map_location="cpu", keys: Iterable[str] = ()) 
 def config_differences(saved: dict, args) -> list[str]:
     """How a checkpoint's model_args differ from `args`: a ViT's architecture fields (dropout may differ), or every
     field of a CNN's CNNArgs (all of them are architecture)."""
-    want = args.to_dict()
+    want, default = args.to_dict(), type(args)().to_dict()  # a field the checkpoint lacks is newer than it: its default
     fields = ARCHITECTURE_FIELDS if isinstance(args, ModelArgs) else tuple(want)
-    return [f"{k}: checkpoint has {saved.get(k)!r}, model has {want[k]!r}" for k in fields if saved.get(k) != want[k]]
+    return [f"{k}: checkpoint has {saved.get(k, default[k])!r}, model has {want[k]!r}" for k in fields
+            if saved.get(k, default[k]) != want[k]]
 
 
 def check_config(ckpt: dict, args: ModelArgs, path="checkpoint") -> None:
@@ -324,8 +326,9 @@ def run_differences(state: dict, args: ModelArgs | None, cfg, fingerprint: str, 
     """What differs between a saved run and the one asked for, one line per field (`teacher`: its fingerprint)."""
     diffs = []
     if args is not None and state.get("model_args") is not None:
-        saved = state["model_args"]
-        diffs += [f"model {k}: checkpoint has {saved.get(k)!r}, given {v!r}" for k, v in args.to_dict().items() if saved.get(k) != v]
+        saved, default = state["model_args"], type(args)().to_dict()  # (fields added later: their default, as above)
+        diffs += [f"model {k}: checkpoint has {saved.get(k, default[k])!r}, given {v!r}" for k, v in args.to_dict().items()
+                  if saved.get(k, default[k]) != v]
     diffs += train_config_differences(state.get("train_config", {}), cfg)
     if state.get("data") != fingerprint:
         diffs.append(f"training data: checkpoint has {state.get('data')}, given {fingerprint}")

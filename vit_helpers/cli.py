@@ -227,8 +227,9 @@ def _test_accuracy(model: torch.nn.Module, data, cfg: TrainConfig, device: torch
     return evaluate(model, test, device, cfg.precision, across_ranks=True)[1]
 
 
-# The teacher trains on the student's split of the data: it must never have seen the student's validation images.
-SPLIT_FIELDS = ("val_size", "seed", "train_subset")
+# The teacher trains on the student's split of the data (it must never have seen the student's validation images), on
+# the same training images, as many times per epoch.
+SPLIT_FIELDS = ("val_size", "seed", "train_subset", "balanced_subset", "subset_repeat")
 
 
 def _train_teacher(a, cfg: TrainConfig, data, device: torch.device, n_classes: int, checkpoint_dir: Path) -> dict:

@@ -17,6 +17,8 @@ class ModelArgs:
     n_classes: int = 10  # output classes
     dropout: float = 0.2  # dropout after the embeddings and inside the MLP
     drop_path: float = 0.0  # stochastic depth while training: chance a block's branch is skipped per image (0 at the first block, rising to this at the last)
+    spt: bool = False  # Shifted Patch Tokenization (Lee et al., 2021): each patch also sees its four diagonal neighbours
+    lsa: bool = False  # Locality Self-Attention (Lee et al., 2021): a learned softmax temperature, no attention to oneself
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden_dim", "n_heads", "n_layers", "patch_size", "n_channels", "image_size", "n_classes"):
@@ -36,6 +38,11 @@ class ModelArgs:
         for name in ("dropout", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("spt", "lsa"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelArgs.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.spt and self.patch_size % 2:
+            raise ValueError(f"spt=True shifts the image by half a patch, so patch_size must be even, got {self.patch_size}")
 
     @property
     def grid_size(self) -> int:
@@ -158,6 +165,8 @@ class TrainConfig:
     cuda_graph: bool = False  # gpu pipeline on a GPU: record the whole step (augment, mix, forward, backward, clip, AdamW) as one CUDA graph
     budget_minutes: float | None = None  # fit the run into this many minutes: the epochs are fixed from the measured speed
     train_subset: int | None = None  # train on only this many images of the training split
+    balanced_subset: bool = False  # train_subset takes the same number of images of every class (the first of each in the split's order)
+    subset_repeat: int = 1  # passes over the training images per epoch (a small subset gets as many steps per epoch as a large one)
     val_size: int = 5000  # images held out of the 50,000 for validation
     num_workers: int = 4  # classic pipeline's DataLoader processes
     eval_batch_size: int = 1000  # images per evaluation batch
@@ -199,7 +208,7 @@ def _train_config_problems(c: TrainConfig) -> list[str | None]:
         ok = isinstance(v, (int, float)) and lo <= v and (v < hi if hi_open else v <= hi)
         return None if ok else f"{name} must be in [{lo}, {hi}{')' if hi_open else ']'}, got {v!r}"
 
-    problems = [positive_int(n) for n in ("epochs", "batch_size", "repeats", "val_size", "eval_batch_size", "log_every", "checkpoint_every")]
+    problems = [positive_int(n) for n in ("epochs", "batch_size", "repeats", "subset_repeat", "val_size", "eval_batch_size", "log_every", "checkpoint_every")]
     problems += [positive_int("num_workers", 0), choice("optimizer", OPTIMIZERS), choice("schedule", SCHEDULES),
                  choice("pipeline", PIPELINES), choice("precision", PRECISIONS), choice("compile_mode", COMPILE_MODES),
                  choice("compile_scope", COMPILE_SCOPES),
@@ -218,6 +227,8 @@ def _train_config_problems(c: TrainConfig) -> list[str | None]:
         problems.append(f"grad_clip must be positive or None, got {c.grad_clip!r}")
     if c.train_subset is not None and (not isinstance(c.train_subset, int) or c.train_subset < 1):
         problems.append(f"train_subset must be a positive integer or None, got {c.train_subset!r}")
+    if c.balanced_subset and c.train_subset is None:
+        problems.append("balanced_subset=True needs train_subset (the number of images to take, the same for every class)")
     if c.budget_minutes is not None and not c.budget_minutes > 0:
         problems.append(f"budget_minutes must be positive or None, got {c.budget_minutes!r}")
     if list(c.milestones) != sorted(set(c.milestones)) or any(m < 1 for m in c.milestones):

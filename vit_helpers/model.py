@@ -6,7 +6,7 @@ from torch import nn
 
 from .block import AttentionBlock
 from .config import ModelArgs
-from .patching import img_to_patch
+from .patching import ShiftedPatchTokenization, img_to_patch
 
 
 class VisionTransformer(nn.Module):
@@ -16,7 +16,10 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.args = args
         self.patch_size = args.patch_size
-        self.input_layer = nn.Linear(args.n_channels * args.patch_size**2, args.dim)
+        if args.spt:  # Shifted Patch Tokenization (Lee et al., 2021): patches of the image and its diagonal shifts
+            self.input_layer = ShiftedPatchTokenization(args.n_channels, args.patch_size, args.dim)
+        else:
+            self.input_layer = nn.Linear(args.n_channels * args.patch_size**2, args.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, args.dim))
         self.pos_embedding = nn.Parameter(torch.zeros(1, 1 + args.n_patches, args.dim))
         self.dropout = nn.Dropout(args.dropout)
@@ -50,8 +53,9 @@ class VisionTransformer(nn.Module):
                 f"expected floating-point images, got dtype {x.dtype}; convert uint8 images with "
                 f"x.float() / 255 (and normalise) before the model"
             )
-        if x.dtype == torch.float64 and self.input_layer.weight.dtype != torch.float64:
-            raise TypeError(f"expected float32 images (the model's weights are {self.input_layer.weight.dtype}), got "
+        weight_dtype = self.pos_embedding.dtype
+        if x.dtype == torch.float64 and weight_dtype != torch.float64:
+            raise TypeError(f"expected float32 images (the model's weights are {weight_dtype}), got "
                             f"dtype {x.dtype}; convert them with x.float() (or the model with model.double())")
         if x.dim() != 4:
             raise ValueError(f"expected images shaped (B, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
@@ -67,7 +71,10 @@ class VisionTransformer(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> token sequence (B, 1+N, D) with [CLS] first and positions added."""
         self.check_input(x)
-        x = self.input_layer(img_to_patch(x, self.patch_size))  # (B, N, C*P*P) -> (B, N, D)
+        if self.args.spt:
+            x = self.input_layer(x)  # (B, C, H, W) -> (B, N, D)
+        else:
+            x = self.input_layer(img_to_patch(x, self.patch_size))  # (B, N, C*P*P) -> (B, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1) + self.pos_embedding  # (B, 1+N, D)
         return self.dropout(x)
@@ -131,7 +138,7 @@ def flops_per_image(args: ModelArgs) -> int:
     """
     T = args.n_patches + 1
     D, Hd = args.dim, args.hidden_dim
-    embed = 2 * args.n_patches * (args.n_channels * args.patch_size**2) * D
+    embed = 2 * args.n_patches * (args.n_channels * args.patch_size**2) * D * (5 if args.spt else 1)  # SPT: 5 images' pixels
     qkvo = 2 * T * D * D * 4
     scores_and_mix = 2 * T * T * D * 2  # Q K^T and attn @ V, summed over heads
     mlp = 2 * T * D * Hd * 2

@@ -41,14 +41,36 @@ def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def subset_indices(train_idx: torch.Tensor, labels: torch.Tensor, n: int, balanced: bool = False) -> torch.Tensor:
+    """The first `n` of the (randomly ordered) training indices; `balanced`: the first n / n_classes of each class,
+    kept in the split's order. Smaller subsets are inside larger ones, so a curve over sizes only adds images."""
+    if n > len(train_idx):
+        raise ValueError(f"train_subset={n} is more than the {len(train_idx)} training images")
+    if not balanced:
+        return train_idx[:n]
+    y = labels[train_idx]
+    classes = torch.unique(labels)
+    if n % len(classes):
+        raise ValueError(f"a balanced subset of {n} images can't split evenly among {len(classes)} classes; "
+                         f"choose a multiple of {len(classes)}")
+    per_class = n // len(classes)
+    rank_in_class = torch.zeros_like(y)  # how many images of the same class come before each one in the split's order
+    for c in classes:
+        where = (y == c).nonzero().squeeze(1)
+        if len(where) < per_class:
+            raise ValueError(f"a balanced subset of {n} images needs {per_class} of class {int(c)}, but the training "
+                             f"split has {len(where)}; choose a smaller train_subset")
+        rank_in_class[where] = torch.arange(len(where))
+    return train_idx[rank_in_class < per_class]
+
+
 def make_batches(data: ImageData, cfg: TrainConfig, device: torch.device, n_classes: int):
     """(train batches, validation batches, number of training images) for a config. With several processes
     (`vit_helpers.distributed`), this rank's share of every training batch and its shard of the validation images."""
     train_idx, val_idx = train_val_split(len(data.train_x), cfg.val_size, cfg.seed)
     if cfg.train_subset is not None:
-        if cfg.train_subset > len(train_idx):
-            raise ValueError(f"train_subset={cfg.train_subset} is more than the {len(train_idx)} training images")
-        train_idx = train_idx[: cfg.train_subset]
+        train_idx = subset_indices(train_idx, data.train_y, cfg.train_subset, cfg.balanced_subset)
+    train_idx = train_idx.repeat(cfg.subset_repeat)  # each pass is shuffled with the rest of the epoch
     tx, ty = data.train_x[train_idx], data.train_y[train_idx]
     vx, vy = data.train_x[val_idx], data.train_y[val_idx]
     rank, world = distributed.rank(), distributed.world_size()
