@@ -1,8 +1,9 @@
 """Does a ViT need more data than a CNN? The grid of notebook 10: test accuracy against the number of training images.
 
 The protocol, the same for every point:
-- a class-balanced subset of the training split (`TrainConfig.balanced_subset`), smaller subsets inside larger ones;
-  the same validation and test images at every size;
+- a class-balanced subset of the training split (`TrainConfig.balanced_subset`), smaller subsets inside larger ones,
+  and at the largest size the whole split of 45,000 (each class within 1% of 4,500); the same validation and test
+  images at every size;
 - at every size a model sees as many training images as at full size: a subset of n images is passed over
   `full / n` times per epoch (`TrainConfig.subset_repeat`), so every size runs the same steps with the same schedule;
 - each model with its own recipe: the CNN with the teacher's, the ViTs with the fast recipe's, the distilled ViT with
@@ -79,6 +80,8 @@ def point_configs(point: Point, quick: bool = False, vit_epochs: int | None = No
         args = args.replace(spt=True, lsa=True)
     changes = dict(train_subset=point.size, balanced_subset=True, subset_repeat=full // point.size, seed=point.seed,
                    budget_minutes=None, log_every=10**6, checkpoint_every=10**6)
+    if not quick and point.size == full:  # the whole training split, as the recipes train (its classes within 1% of 4,500)
+        changes.update(train_subset=None, balanced_subset=False)
     if point.model != "cnn":
         changes["epochs"] = vit_epochs
     return args, cfg.replace(**changes)
