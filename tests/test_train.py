@@ -372,13 +372,13 @@ def test_predict_takes_uint8_or_float_images_in_0_1_and_refuses_other_ranges(tin
 
 def test_regional_compilation_traces_one_block_for_all_layers_and_is_undone(tiny_args):
     """compile_scope="blocks": every transformer block (and the teacher) compiled in place, the layers sharing one traced
-    graph (the point: a fraction of the compile time), the same outputs; `uncompile` leaves the modules as they were.
-    Dynamo's "eager" backend traces without generating kernels, so this runs on a CPU in seconds."""
+    graph (the point: a fraction of the compile time), the same outputs; leaving `compile_regions` leaves the modules as
+    they were. Dynamo's "eager" backend traces without generating kernels, so this runs on a CPU in seconds."""
     from torch._dynamo.utils import counters
 
     from vit_helpers.cnn import ConvNet
+    from vit_helpers.compiling import compile_regions
     from vit_helpers.config import CNN_PRESETS
-    from vit_helpers.step import compile_regions, uncompile
 
     torch._dynamo.reset()
     counters.clear()
@@ -388,15 +388,69 @@ def test_regional_compilation_traces_one_block_for_all_layers_and_is_undone(tiny
     x = torch.randn(4, 3, tiny_args.image_size, tiny_args.image_size)
     with torch.no_grad():
         before, teacher_before = model(x), teacher(x)
-    regions = compile_regions(model, teacher, backend="eager")
-    assert regions == [*model.transformer, teacher] and all(m._compiled_call_impl is not None for m in regions)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), before)
-        torch.testing.assert_close(teacher(x), teacher_before)
+    with compile_regions(model, teacher, backend="eager") as regions:
+        assert regions == [*model.transformer, teacher] and all(m._compiled_call_impl is not None for m in regions)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), before)
+            torch.testing.assert_close(teacher(x), teacher_before)
     # one graph for the three blocks (their weights are inputs, not constants), one for the teacher
     assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
-    uncompile(regions)
     assert all(m._compiled_call_impl is None for m in regions)
     with pytest.raises(ValueError, match="compile_scope='blocks' compiles a VisionTransformer's blocks"):
-        compile_regions(teacher, None, backend="eager")
+        with compile_regions(teacher, None, backend="eager"):
+            pass
     torch._dynamo.reset()
+
+
+def test_compiling_gives_back_what_the_caller_had_compiled_also_after_an_error(tiny_args):
+    """A block the caller compiled before keeps its own compiled forward; the others come back plain. (nn.Module.compile
+    only sets `_compiled_call_impl`; nothing here is called, so nothing is compiled: a CPU test.)"""
+    from vit_helpers.compiling import compile_regions
+
+    model = VisionTransformer(tiny_args.replace(n_layers=3))
+    model.transformer[1].compile(backend="eager")
+    mine = model.transformer[1]._compiled_call_impl
+    with pytest.raises(RuntimeError, match="inside"):
+        with compile_regions(model) as regions:
+            assert all(m._compiled_call_impl is not None for m in regions)
+            assert model.transformer[1]._compiled_call_impl is not mine  # the run's settings while it trains
+            raise RuntimeError("an error inside")
+    assert [b._compiled_call_impl for b in model.transformer] == [None, mine, None]
+
+
+@pytest.mark.parametrize("scope", ["step", "blocks"])
+@pytest.mark.parametrize("graphed", [False, True], ids=["plain", "graphed"])
+def test_a_step_built_directly_leaves_the_model_as_it_came_and_compiled_owns_the_regions(tiny_args, monkeypatch, scope, graphed):
+    """TrainStep (and GraphedStep, which records one) never compiles the caller's modules in place: in compile_scope
+    "blocks", `compiling.compiled` does, for its `with` block, and gives them back. The GPU-only switch is turned on here
+    so that this runs on a CPU: compiling is lazy, and no step is called."""
+    from vit_helpers import compiling, step as S
+    from vit_helpers.cnn import ConvNet
+    from vit_helpers.config import CNN_PRESETS
+    from vit_helpers.graphed import GraphedStep
+    from vit_helpers.train import make_batches
+
+    for module in (compiling, S):
+        monkeypatch.setattr(module, "compiles", lambda cfg, device: cfg.compile)
+    cfg = CFG.replace(compile=True, compile_scope=scope, distill="soft", ema_decay=0.99)
+    model = VisionTransformer(tiny_args)
+    teacher = ConvNet(CNN_PRESETS["teacher_small"].replace(n_classes=tiny_args.n_classes))
+    model.transformer[0].compile(backend="eager")  # the caller's own
+    mine = model.transformer[0]._compiled_call_impl
+    device = torch.device("cpu")
+    if graphed:  # (GraphedStep records its graph at the first call, which needs a GPU; building it does not)
+        step = GraphedStep(model, cfg, device, make_batches(synthetic_data(), cfg, device, tiny_args.n_classes)[0],
+                           teacher=teacher)
+    else:
+        step = S.TrainStep(model, cfg, device, teacher=teacher)
+    modules = [*model.transformer, teacher, *step.ema.transformer]
+    untouched = [mine] + [None] * (len(modules) - 1)  # (the average is a plain copy: it runs its own weights)
+    assert [m._compiled_call_impl for m in modules] == untouched
+    with compiling.compiled(step, cfg, device) as forward:
+        if scope == "blocks":
+            assert forward is step.ema and all(m._compiled_call_impl is not None for m in modules)
+            assert model.transformer[0]._compiled_call_impl is not mine
+        else:
+            assert forward is not step.ema and forward._orig_mod is step.ema  # a compiled copy, nothing in place
+            assert [m._compiled_call_impl for m in modules] == untouched
+    assert [m._compiled_call_impl for m in modules] == untouched

@@ -379,8 +379,9 @@ class TrainingRun:
     """One run's checkpoints in `directory` (None: nothing is written): save after an epoch, resume from last.pt.
     With several processes each calls `save` and `resume` (they exchange RNG states); only rank 0 writes."""
 
-    def __init__(self, directory: Path | None, model: torch.nn.Module, cfg, data, step, batches, device: torch.device,
-                 teacher: torch.nn.Module | None = None):
+    def __init__(self, directory: str | os.PathLike | None, model: torch.nn.Module, cfg, data, step, batches,
+                 device: torch.device, teacher: torch.nn.Module | None = None):
+        directory = Path(directory) if directory else None
         self.directory, self.model, self.cfg, self.step, self.batches, self.device = directory, model, cfg, step, batches, device
         self.args: ModelArgs | None = getattr(model, "args", None)
         self.fingerprint = data_fingerprint(data) if directory is not None else ""

@@ -13,11 +13,10 @@ from __future__ import annotations
 import html
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-if TYPE_CHECKING:  # only for the type hints: train.py imports this module
+if TYPE_CHECKING:  # only for the type hints
     from .config import TrainConfig
-    from .train import TrainResult
 
 HEADER = (f"{'epoch':>9}  {'train loss':>10}  {'train acc':>9}  {'val loss':>8}  {'val acc':>7}  {'lr':>8}  "
           f"{'img/s':>8}  {'time':>6}")
@@ -139,10 +138,20 @@ def progress_bar(total: int, initial: int = 0, show: bool = True, desc: str = "t
     return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=1.0, leave=False)
 
 
-class EpochLog:
-    """A compact table, one line every `cfg.log_every` epochs (and the first and last), under a progress bar."""
+class RunSoFar(Protocol):
+    """What the log reads of a run (`vit_helpers.train.TrainResult`, which imports this module: the hint is its shape)."""
+    history: list[dict]
+    epochs: int
 
-    def __init__(self, cfg: "TrainConfig", steps_per_epoch: int, result: "TrainResult", bar: bool):
+    @property
+    def train_seconds(self) -> float: ...
+
+
+class EpochLog:
+    """A compact table, one line every `cfg.log_every` epochs (and the first and last), under a progress bar;
+    `with EpochLog(...) as log:` closes the bar on leaving, also after an error."""
+
+    def __init__(self, cfg: "TrainConfig", steps_per_epoch: int, result: RunSoFar, bar: bool):
         self.cfg, self.spe, self.result, self.header_done = cfg, steps_per_epoch, result, False
         # With a time budget the length is fixed only after the first epoch: until then the bar counts that epoch.
         epochs = 1 if cfg.budget_minutes and not result.history else result.epochs
@@ -169,3 +178,9 @@ class EpochLog:
 
     def close(self) -> None:
         self.bar.close()
+
+    def __enter__(self) -> EpochLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,7 +1,8 @@
 """The training step: one interface, `step(batch, lr)`, and the plain eager implementation, `TrainStep`.
 
 `train()` (in `vit_helpers.train`) calls a step once per batch; `vit_helpers.graphed.GraphedStep` records this
-same step as one CUDA graph, and `vit_helpers.distributed` wraps it for several processes. Everything a step
+same step as one CUDA graph (`train.make_step` picks one), and `vit_helpers.distributed` wraps it for several
+processes; `vit_helpers.compiling` compiles it. Everything a step
 needs lives here: the optimizer and its parameter groups, the precision, and the loss, distillation included.
 
 Distillation (notebook 09): with a `teacher`, the step also runs that frozen model on the same augmented
@@ -12,13 +13,13 @@ its probabilities at a temperature T).
 from __future__ import annotations
 
 import copy
-import warnings
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiling import compiles
 from .config import TrainConfig
 from .data import ImageData
 
@@ -114,13 +115,10 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
         self.totals = torch.zeros(2, device=device)  # this epoch's summed loss and correct predictions, on the device
         self.ema = self.make_ema(model) if cfg.ema_decay else None  # the weights' moving average (cfg.ema_decay)
-        self.compiled_regions: list[nn.Module] = []  # compile_scope="blocks": the modules compiled in place
-        if cfg.compile and device.type == "cuda":  # fuse the model and the loss into fewer kernels
-            mode = "default" if capturable else cfg.compile_mode
-            if cfg.compile_scope == "step":
-                self.loss = torch.compile(self.loss, mode=mode)
-            else:
-                self.compiled_regions = compile_regions(model, self.teacher, mode)
+        self.compile_mode = "default" if capturable else cfg.compile_mode  # (a CUDA graph records the kernels itself)
+        if compiles(cfg, device) and cfg.compile_scope == "step":  # fuse the model and the loss into fewer kernels
+            self.loss = torch.compile(self.loss, mode=self.compile_mode)  # a compiled copy of the step's own method
+        # compile_scope="blocks" compiles the caller's modules in place, which `compiling.compiled` does and undoes
 
     def epoch(self, batches):
         """What `__call__` takes, batch by batch, for one epoch."""
@@ -184,7 +182,10 @@ class TrainStep:
     @staticmethod
     def make_ema(model: nn.Module) -> nn.Module:
         """A frozen copy of the model (the module inside DDP, under torchrun), in eval mode, that will hold the average."""
-        return copy.deepcopy(getattr(model, "module", model)).eval().requires_grad_(False)
+        ema = copy.deepcopy(getattr(model, "module", model)).eval().requires_grad_(False)
+        for module in ema.modules():  # a block the caller compiled in place would still call the original's forward
+            module._compiled_call_impl = None
+        return ema
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -198,33 +199,12 @@ class TrainStep:
                 e.copy_(w)
 
 
-def compile_regions(model: nn.Module, teacher: nn.Module | None, mode: str = "default", **compile_kw) -> list[nn.Module]:
-    """Regional compilation (cfg.compile_scope="blocks"): compile each transformer block, and the teacher, in place.
-
-    The blocks run the same code on same-shaped inputs, so torch.compile traces and generates kernels for one block and
-    reuses them for every layer (the block's weights are inputs to the compiled graph, not constants), where compiling
-    the whole loss generates code for all six layers. Returns the compiled modules; `uncompile` puts them back."""
-    inner = getattr(model, "module", model)  # (DDP's wrapped module under torchrun)
-    blocks = list(getattr(inner, "transformer", None) or [])
-    if not blocks:
-        raise ValueError(f"compile_scope='blocks' compiles a VisionTransformer's blocks (model.transformer); "
-                         f"{type(inner).__name__} has none: use compile_scope='step'")
-    regions = blocks + ([teacher] if teacher is not None else [])
-    for module in regions:
-        module.compile(mode=mode, **compile_kw)
-    return regions
-
-
-def uncompile(regions: list[nn.Module]) -> None:
-    """Undo `compile_regions`: each module calls its plain forward again (as after nn.Module.compile was never called)."""
-    for module in regions:
-        module._compiled_call_impl = None
-
-
-def check_teacher(teacher: nn.Module, data: ImageData, n_classes: int, device: torch.device) -> None:
-    """Before training: the (frozen) teacher must take the data's images and give one logit per class."""
+def check_teacher(teacher: nn.Module | None, data: ImageData, n_classes: int, device: torch.device) -> None:
+    """Before training: the (frozen) teacher, if any, must take the data's images and give one logit per class."""
     from .data import to_model_input
 
+    if teacher is None:
+        return
     example = to_model_input(data.train_x[:2].to(device))
     try:
         with torch.no_grad():
@@ -236,24 +216,3 @@ def check_teacher(teacher: nn.Module, data: ImageData, n_classes: int, device: t
     if tuple(out.shape) != (len(example), n_classes):
         raise ValueError(f"the teacher gives outputs of shape {tuple(out.shape)} for {len(example)} images; expected "
                          f"({len(example)}, {n_classes}): one logit for each of the student's {n_classes} classes")
-
-
-def make_step(model: nn.Module, cfg: TrainConfig, device: torch.device, batches, teacher: nn.Module | None = None):
-    """The whole-step CUDA graph where the config asks for it and the device allows it, else the plain step."""
-    dropped = [f"{k}" for k in ("compile", "cuda_graph") if getattr(cfg, k)] + (["precision='auto'"] if cfg.precision == "auto" else [])
-    if device.type != "cuda" and dropped:
-        warnings.warn(f"training on the {device.type.upper()}: {', '.join(dropped)} need a CUDA GPU and are dropped "
-                      "(this run uses float32, eager, one step at a time)", stacklevel=3)
-    if cfg.compile and device.type == "cuda" and cfg.precision == "auto":
-        # Under autocast the matrix multiplies run in bf16/fp16, so inductor's hint to enable TF32 for float32 ones
-        # does not apply; left on, it is the one warning every compiled run would print.
-        warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*", category=UserWarning)
-    if cfg.cuda_graph and device.type == "cuda":
-        if autocast_settings(cfg.precision, device)[1]:
-            warnings.warn("this GPU has no bfloat16: float16 needs a GradScaler, which waits for the GPU every step, "
-                          "so the whole-step CUDA graph is dropped (the plain step runs instead)", stacklevel=3)
-        else:
-            from .graphed import GraphedStep
-
-            return GraphedStep(model, cfg, device, batches, teacher=teacher)
-    return TrainStep(model, cfg, device, teacher=teacher)

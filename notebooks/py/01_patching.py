@@ -189,31 +189,32 @@ fig.tight_layout()
 #
 # P = 4
 # x = torch.rand(2, 3, 32, 32)  # (B, C, H, W)
-# try:
-#     from einops import rearrange
-#     by_einops = rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=P, p2=P)
-#     print("einops == img_to_patch:", torch.equal(by_einops, vh.img_to_patch(x, P)))
-# except ModuleNotFoundError:
-#     print("einops is not installed here (pip install einops); the pattern spelled out in torch:")
+# pattern = "b c (h p1) (w p2) -> b (h w) (c p1 p2)"
 # b, c, H, W = x.shape
 # h, w = H // P, W // P
 # by_letters = (x.reshape(b, c, h, P, w, P)  # b c (h p1) (w p2) -> b c h p1 w p2
 #               .permute(0, 2, 4, 1, 3, 5)  # -> b h w c p1 p2
 #               .reshape(b, h * w, c * P * P))  # -> b (h w) (c p1 p2)
+# try:
+#     from einops import rearrange
+#     by_pattern = rearrange(x, pattern, p1=P, p2=P)
+# except ModuleNotFoundError:  # einops is not a dependency of this repository (pip install einops)
+#     by_pattern = by_letters  # the pattern as spelled out above
 # print("pattern, letter by letter == img_to_patch:", torch.equal(by_letters, vh.img_to_patch(x, P)))
+# print(f"{pattern!r} == img_to_patch:", torch.equal(by_pattern, vh.img_to_patch(x, P)))
 # ```
 #
 # Output of our run (quick mode, 2 CPU cores):
 #
 # ```text
-# einops is not installed here (pip install einops); the pattern spelled out in torch:
 # pattern, letter by letter == img_to_patch: True
+# 'b c (h p1) (w p2) -> b (h w) (c p1 p2)' == img_to_patch: True
 # ```
 #
-# einops is not a dependency of this repository, so our run took the `except` branch; with einops
-# installed the first line reads `einops == img_to_patch: True` instead. Either way the check prints
-# `True`: the einops pattern is the same reshape, permute and flatten as ours, written as one line
-# that names every axis.
+# The output is the same with or without einops: with einops installed, the second line checks
+# `einops.rearrange` itself; without it (einops is not a dependency of this repository), the
+# pattern as spelled out letter by letter. Either way it prints `True`: the einops pattern is the
+# same reshape, permute and flatten as ours, written as one line that names every axis.
 #
 # </details>
 #

@@ -2,8 +2,9 @@
 
 The loop calls a training step once per batch. The step has one interface, `step(batch, lr)`, and lives in
 `vit_helpers.step` (`TrainStep`, the plain eager step that notebook 05 writes by hand); `vit_helpers.graphed`
-records that same step, batch making included, as one CUDA graph. The recipes live in `vit_helpers.config`;
-the training state on disk belongs to `vit_helpers.checkpoint`.
+records that same step, batch making included, as one CUDA graph; `make_step` picks one. `vit_helpers.compiling`
+compiles them (and undoes it). The recipes live in `vit_helpers.config`; the training state on disk belongs to
+`vit_helpers.checkpoint`. `python -m vit_helpers.train` runs the command line (`__main__.py` beside this file).
 """
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt_io
-from . import distributed
-from .compile_cache import CompileCache
-from .config import RECIPES, TrainConfig, recipe  # noqa: F401  (re-exported: the notebooks import them from here)
-from .data import GPUBatches, ImageData, classic_loader, train_val_split
-from .progress import EpochLog  # the table and the progress display (an HTML display in Jupyter, tqdm in a terminal)
-from .step import (TrainStep, autocast_settings, check_teacher, compile_regions, freeze_teacher,  # noqa: F401
-                   make_optimizer, make_step, param_groups, set_lr, teacher_loss, uncompile)  # (re-exported: the notebooks and tests import them from here)
+from .. import checkpoint as ckpt_io
+from .. import distributed
+from ..compile_cache import CompileCache
+from ..compiling import compiled
+from ..config import RECIPES, TrainConfig, recipe  # noqa: F401  (re-exported: the notebooks import them from here)
+from ..data import GPUBatches, ImageData, classic_loader, train_val_split
+from ..graphed import GraphedStep
+from ..progress import EpochLog  # the table and the progress display (an HTML display in Jupyter, tqdm in a terminal)
+from ..step import (TrainStep, autocast_settings, check_teacher, freeze_teacher, make_optimizer,  # noqa: F401
+                   param_groups, set_lr, teacher_loss)  # (re-exported: the notebooks and tests import them from here)
 
 
 def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
@@ -67,6 +70,7 @@ def subset_indices(train_idx: torch.Tensor, labels: torch.Tensor, n: int, balanc
 def make_batches(data: ImageData, cfg: TrainConfig, device: torch.device, n_classes: int):
     """(train batches, validation batches, number of training images) for a config. With several processes
     (`vit_helpers.distributed`), this rank's share of every training batch and its shard of the validation images."""
+    distributed.check_batch_size(cfg.batch_size)
     train_idx, val_idx = train_val_split(len(data.train_x), cfg.val_size, cfg.seed)
     if cfg.train_subset is not None:
         train_idx = subset_indices(train_idx, data.train_y, cfg.train_subset, cfg.balanced_subset)
@@ -78,13 +82,35 @@ def make_batches(data: ImageData, cfg: TrainConfig, device: torch.device, n_clas
         if world > 1:
             raise ValueError("the classic pipeline (the article's DataLoader) runs in one process; train on several "
                              "with pipeline='gpu' (e.g. the fast recipe)")
-        return (classic_loader(tx, ty, cfg.batch_size, True, cfg.num_workers, cfg.seed),
-                classic_loader(vx, vy, cfg.eval_batch_size, False, cfg.num_workers), len(tx))
-    train = GPUBatches(tx, ty, cfg.batch_size, device=device, shuffle=True, drop_last=True, policy=cfg.augment,
-                       mix_prob=cfg.mix_prob, n_classes=n_classes, seed=cfg.seed, erase_prob=cfg.erase_prob,
-                       repeats=cfg.repeats, compile=cfg.compile, rank=rank, world_size=world)
-    val = GPUBatches(vx[rank::world], vy[rank::world], cfg.eval_batch_size, device=device)  # disjoint shards
+        train = classic_loader(tx, ty, cfg.batch_size, True, cfg.num_workers, cfg.seed)
+        val = classic_loader(vx, vy, cfg.eval_batch_size, False, cfg.num_workers)
+    else:
+        train = GPUBatches(tx, ty, cfg.batch_size, device=device, shuffle=True, drop_last=True, policy=cfg.augment,
+                           mix_prob=cfg.mix_prob, n_classes=n_classes, seed=cfg.seed, erase_prob=cfg.erase_prob,
+                           repeats=cfg.repeats, compile=cfg.compile, rank=rank, world_size=world)
+        val = GPUBatches(vx[rank::world], vy[rank::world], cfg.eval_batch_size, device=device)  # disjoint shards
+    if len(train) == 0:
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(tx)} training images; lower it")
     return train, val, len(tx)
+
+
+def make_step(model: nn.Module, cfg: TrainConfig, device: torch.device, batches, teacher: nn.Module | None = None):
+    """The whole-step CUDA graph where the config asks for it and the device allows it, else the plain step."""
+    dropped = [f"{k}" for k in ("compile", "cuda_graph") if getattr(cfg, k)] + (["precision='auto'"] if cfg.precision == "auto" else [])
+    if device.type != "cuda" and dropped:
+        warnings.warn(f"training on the {device.type.upper()}: {', '.join(dropped)} need a CUDA GPU and are dropped "
+                      "(this run uses float32, eager, one step at a time)", stacklevel=3)
+    if cfg.compile and device.type == "cuda" and cfg.precision == "auto":
+        # Under autocast the matrix multiplies run in bf16/fp16, so inductor's hint to enable TF32 for float32 ones
+        # does not apply; left on, it is the one warning every compiled run would print.
+        warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*", category=UserWarning)
+    if cfg.cuda_graph and device.type == "cuda":
+        if autocast_settings(cfg.precision, device)[1]:
+            warnings.warn("this GPU has no bfloat16: float16 needs a GradScaler, which waits for the GPU every step, "
+                          "so the whole-step CUDA graph is dropped (the plain step runs instead)", stacklevel=3)
+        else:
+            return GraphedStep(model, cfg, device, batches, teacher=teacher)
+    return TrainStep(model, cfg, device, teacher=teacher)
 
 
 @torch.no_grad()
@@ -123,7 +149,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000, devi
     and normalised the same way. Floating-point images outside [0, 1] are refused: they are either 0..255 values
     (pass them as uint8) or already normalised (call the model on them directly).
     """
-    from .data import normalize, to_model_input
+    from ..data import normalize, to_model_input
 
     if images.is_floating_point():
         lo, hi = (float(images.min()), float(images.max())) if images.numel() else (0.0, 0.0)
@@ -191,33 +217,20 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
     on_epoch_end: optional callback(epoch_record) after each epoch.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    distributed.check_batch_size(cfg.batch_size)
     model.to(device).train()
     n_classes = model.args.n_classes if hasattr(model, "args") else int(data.train_y.max()) + 1
     teacher = freeze_teacher(teacher, cfg, device)
-    if teacher is not None:
-        check_teacher(teacher, data, n_classes, device)
-    train_batches, val_batches, n_train = make_batches(data, cfg, device, n_classes)
+    check_teacher(teacher, data, n_classes, device)
+    train_batches, val_batches, _ = make_batches(data, cfg, device, n_classes)
     spe = len(train_batches)  # steps per epoch
-    if spe == 0:
-        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {n_train} training images; lower it")
     net = distributed.wrap(model, device, graphed=cfg.cuda_graph)  # DDP with several processes, else the model itself
     step = make_step(net, cfg, device, train_batches, teacher)
-    validated = model if getattr(step, "ema", None) is None else step.ema  # cfg.ema_decay: the weights' average
-    compiled = cfg.compile and device.type == "cuda"
-    regions = getattr(getattr(step, "step", step), "compiled_regions", [])  # compile_scope="blocks" (GraphedStep wraps a TrainStep)
-    if compiled and cfg.compile_scope == "blocks" and validated is not model:  # the average's blocks, for evaluation
-        regions = regions + compile_regions(validated, None)
-    forward = torch.compile(validated) if compiled and cfg.compile_scope == "step" else validated  # for evaluation
-    try:
-        run = ckpt_io.TrainingRun(Path(checkpoint_dir) if checkpoint_dir else None, model, cfg, data, step, train_batches,
-                                  device, teacher)
-        result = TrainResult(epochs=cfg.epochs, checkpoint_dir=run.directory)
-        if resume:
-            run.resume(result)
-        log = EpochLog(cfg, spe, result, (show_progress_bar() if progress is None else progress) and distributed.is_main())
-        pace = Pace(spe, cfg)
-        cache = CompileCache.for_run(model, cfg, device)  # torch.compile's work from an earlier run of these configs
+    run = ckpt_io.TrainingRun(checkpoint_dir, model, cfg, data, step, train_batches, device, teacher)  # (None: no files)
+    result = TrainResult(epochs=cfg.epochs, checkpoint_dir=run.directory)
+    if resume:
+        run.resume(result)
+    pace, cache = Pace(spe, cfg), CompileCache.for_run(model, cfg, device)  # (torch.compile's work from an earlier run)
+    with compiled(step, cfg, device) as forward, EpochLog(cfg, spe, result, show_progress_bar(progress)) as log:  # (see compiling.py)
         log.note(cache.load())
         while (epoch := len(result.history)) < result.epochs:  # (a budget fixes result.epochs after the first epoch)
             planned = cfg.replace(epochs=result.epochs, budget_minutes=None)  # the schedule runs over the chosen length
@@ -230,17 +243,13 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
                 log.bar.update(1)
             seconds = pace.stop(device)
             loss_sum, correct = distributed.all_reduce_sum(step.totals.clone()).tolist()  # (all ranks' shares)
-            train_loss = loss_sum / (spe * cfg.batch_size)
-            if not (math.isfinite(train_loss) and all(bool(p.isfinite().all()) for p in model.parameters())):
-                log.close()
-                raise NonFiniteLossError(f"the training loss or the weights became non-finite in epoch {epoch + 1} "
-                                         f"(loss {train_loss}); stopped before writing anything, so {run.kept()}. "
-                                         f"Lower the learning rate (now {cfg.lr}), keep grad_clip on, or use precision='fp32'.")
+            train_loss, train_acc = loss_sum / (spe * cfg.batch_size), correct / (spe * cfg.batch_size)
+            check_finite(train_loss, model, epoch, cfg, run)
             t1 = time.perf_counter()
             val_loss, val_acc = evaluate(forward, val_batches, device, cfg.precision, across_ranks=True)
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / (spe * cfg.batch_size),
-                      "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": seconds,
-                      "eval_seconds": time.perf_counter() - t1, "images_per_s": spe * cfg.batch_size / seconds}
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                      "val_acc": val_acc, "lr": lr, "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
+                      "images_per_s": spe * cfg.batch_size / seconds}
             improved = result.add(record)
             if epoch == 0 and cfg.budget_minutes:
                 result.epochs = distributed.broadcast_int(pace.fit_budget(result, log))  # rank 0's clock decides
@@ -249,12 +258,17 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
             run.save(result, improved, (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == result.epochs)
             if on_epoch_end is not None:
                 on_epoch_end(record)
-        log.close()
-        if validated is not model:  # the model ends with what was validated and kept as best.pt: the average
-            model.load_state_dict(validated.state_dict())
-        return result
-    finally:  # the model and the teacher leave train() as they came, not compiled in place (also after an error)
-        uncompile(regions)
+    if step.ema is not None:  # the model ends with what was validated and kept as best.pt: the average
+        model.load_state_dict(step.ema.state_dict())
+    return result
+
+
+def check_finite(train_loss: float, model: nn.Module, epoch: int, cfg: TrainConfig, run: ckpt_io.TrainingRun) -> None:
+    """After each epoch: a non-finite loss or weight stops the run before it writes anything."""
+    if not (math.isfinite(train_loss) and all(bool(p.isfinite().all()) for p in model.parameters())):
+        raise NonFiniteLossError(f"the training loss or the weights became non-finite in epoch {epoch + 1} "
+                                 f"(loss {train_loss}); stopped before writing anything, so {run.kept()}. "
+                                 f"Lower the learning rate (now {cfg.lr}), keep grad_clip on, or use precision='fp32'.")
 
 
 def load_or_train(model: nn.Module, data: ImageData, cfg: TrainConfig, checkpoint_dir: str | Path, *,
@@ -274,9 +288,12 @@ def load_or_train(model: nn.Module, data: ImageData, cfg: TrainConfig, checkpoin
     return TrainResult(state["history"], state["best_val_acc"], state["best_epoch"], state["epochs"], Path(checkpoint_dir))
 
 
-def show_progress_bar() -> bool:
-    """Progress bars are for people watching; headless runs (VIT_PROGRESS=0: CI, the stored notebooks) log a table only."""
-    return os.environ.get("VIT_PROGRESS", "1").strip() != "0"
+def show_progress_bar(progress: bool | None = None) -> bool:
+    """Whether train() shows a progress bar: `progress` if given, else yes except in headless runs (VIT_PROGRESS=0: CI,
+    the stored notebooks), which log a table only; with several processes, only on rank 0."""
+    if progress is None:
+        progress = os.environ.get("VIT_PROGRESS", "1").strip() != "0"
+    return progress and distributed.is_main()
 
 
 class Pace:
@@ -336,9 +353,3 @@ class Pace:
         log.write(f"budget {self.cfg.budget_minutes:g} min: {self.images_per_s():,.0f} images/s once compiled, the first "
                   f"epoch took {first:.0f} s -> {epochs} epochs (about {(first + self.estimate(epochs - 1)) / 60:.1f} min)")
         return epochs
-
-
-if __name__ == "__main__":  # python -m vit_helpers.train: the command line lives in vit_helpers.cli
-    from vit_helpers.cli import main
-
-    raise SystemExit(main())
