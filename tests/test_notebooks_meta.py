@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 TWINS = sorted((NB_DIR / "py").glob("[0-9][0-9]_*.py"))
-EXPECTED = ["01_patching", "02_attention", "03_transformer_block", "04_vision_transformer", "05_training", "06_going_fast", "07_evaluation", "08_lora", "09_distillation"]
+EXPECTED = ["01_patching", "02_attention", "03_transformer_block", "04_vision_transformer", "05_training", "06_going_fast", "07_evaluation", "08_lora", "09_distillation", "10_small_data"]
 
 
 

@@ -141,3 +141,53 @@ def test_readme_quotes_the_several_gpu_run():
     stored = "".join(t for _, t in output_texts(ROOT / "notebooks" / "06_going_fast.ipynb"))
     assert f"{ddp['rows'][-1]['images_per_s']:,.0f}" in stored or f"{ddp['scaling']:.2f}" in stored, \
         "06's stored output must show the several-GPU run"
+
+
+def grid_and_summary() -> tuple[dict, dict]:
+    from vit_helpers import small_data as sd
+
+    grid = json.loads((RELEASE / "small_data.json").read_text())
+    return grid, sd.summarize(grid["runs"])
+
+
+def test_the_small_data_grid_is_complete_and_from_the_release_gpu():
+    """release/small_data.json holds every point of benchmarks/small_data.py's plan, once, run with the package's settings
+    on the release's GPU (notebook 10 and the README quote it)."""
+    from vit_helpers import small_data as sd
+
+    grid, _ = grid_and_summary()
+    assert grid["settings"] == {"quick": False, "vit_epochs": sd.VIT_EPOCHS, "sizes": list(sd.SIZES)}
+    keys = [f"{r['model']}/{r['size']}/{r['seed']}" for r in grid["runs"]]
+    assert sorted(keys) == sorted(p.key for p in sd.plan()), "the grid must hold each planned point exactly once"
+    assert {r["gpu"] for r in grid["runs"]} == {manifest()["gpu"]}
+    for r in grid["runs"]:
+        assert r["images_seen"] == sd.point_configs(sd.Point(r["model"], r["size"], r["seed"]))[1].epochs * r["passes_per_epoch"] * r["size"]
+    seen = {r["images_seen"] for r in grid["runs"] if r["model"] != "cnn"}
+    assert len(seen) == 1, f"every ViT point must see the same number of images, got {seen}"
+
+
+def test_notebook_10_and_the_readme_quote_the_grid():
+    from vit_helpers import small_data as sd
+
+    grid, summary = grid_and_summary()
+    nb = nbformat.read(ROOT / "notebooks" / "10_small_data.ipynb", as_version=4)
+    stored = "".join(t for _, t in output_texts(ROOT / "notebooks" / "10_small_data.ipynb"))
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    readme = (ROOT / "README.md").read_text()
+    sizes = sorted(summary["cnn"])
+    for model in sd.MODELS:
+        row = " | ".join(f"{100 * summary[model][n][0]:.2f}%" for n in sizes)
+        assert f"| {sd.LABELS[model]} | {row} |" in readme, f"the README's small-data table must quote the grid's {model} row"
+        assert f"{100 * summary[model][sizes[0]][0]:6.2f}" in stored, f"10's stored table must show the grid's {model}"
+    cnn, vit = summary["cnn"], summary["vit"]
+    gap = lambda a, b, n: f"{100 * (a[n][0] - b[n][0]):.1f}"  # noqa: E731
+    for n in (sizes[0], sizes[-1]):
+        words = f"{gap(cnn, vit, n)} points at {n:,}"
+        assert gap(cnn, vit, n) in prose and gap(cnn, vit, n) in readme, f"the gap at {n:,} images must be quoted: {words}"
+        for m in ("distilled", "spt_lsa"):
+            assert f"+{gap(summary[m], vit, n)}" in prose, f"10's prose must quote {m}'s gain at {n:,}"
+    full = f"{100 * summary['distilled_spt_lsa'][sizes[-1]][0]:.2f}%"
+    assert full in prose and full in readme and full in stored
+    results = json.loads((RELEASE / "results_fast.json").read_text())
+    assert f"{results['test_accuracy']:.2%}" in prose, "10's prose must quote the released ViT's full-length accuracy"
+    assert "the live run agrees with the grid" in stored, "10's full-mode rerun of the smallest size must agree with the grid"
