@@ -191,3 +191,21 @@ def test_notebook_10_and_the_readme_quote_the_grid():
     results = json.loads((RELEASE / "results_fast.json").read_text())
     assert f"{results['test_accuracy']:.2%}" in prose, "10's prose must quote the released ViT's full-length accuracy"
     assert "the live run agrees with the grid" in stored, "10's full-mode rerun of the smallest size must agree with the grid"
+
+
+def test_the_gpu_test_run_is_recorded_without_failures():
+    """`make test` on a GPU, in tools/gpu_tests.py's parts: the release records each part's counts, none failed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_tests", ROOT / "tools" / "gpu_tests.py")
+    gpu_tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_tests)
+    m = manifest()
+    assert "gpu_tests" in m, "release/manifest.json has no GPU test run: python tools/gpu_tests.py PART on the release's GPU"
+    record = m["gpu_tests"]
+    assert record["gpu"] == m["gpu"]
+    assert set(record["parts"]) <= set(gpu_tests.PARTS) and "units" in record["parts"]
+    for key in ("passed", "skipped", "failed"):
+        assert record[key] == sum(p[key] for p in record["parts"].values())
+    assert record["failed"] == 0 and all(p["failed"] == 0 for p in record["parts"].values()), f"failures on the GPU: {record}"
+    assert record["passed"] > 0
