@@ -337,19 +337,16 @@ print("(test accuracy in %; ± half the range of two seeds, where two ran)")
 # ViT's at every size, and the lines run nearly parallel: no line bends up towards the CNN's as images
 # are added. (The data is the offline JPEG copy of CIFAR-10 these machines use, quality 75; the README's
 # note on the data says what that costs.) The next cell puts the curves in numbers: the gap between the
-# CNN and each ViT at every size, in points of test accuracy, and the share of the plain ViT's gap that
-# each fix wins back.
+# CNN and the plain ViT at every size, in points of test accuracy, and the points each fix wins back,
+# with their share of that gap.
 
 # %%
-cnn = summary["cnn"]
-for m in ("vit", "distilled", "spt_lsa"):
-    gaps = {n: 100 * (cnn[n][0] - summary[m][n][0]) for n in sorted(cnn) if n in summary[m]}
-    print(f"CNN minus {sd.LABELS[m]:<27}" + "  ".join(f"{n:>6,}: {g:5.2f}" for n, g in gaps.items()))
-vit = summary["vit"]
-for m in ("distilled", "spt_lsa"):
-    gains = {n: summary[m][n][0] - vit[n][0] for n in sorted(cnn)}
-    print(f"{sd.LABELS[m]} gains over the ViT: " + "  ".join(
-        f"{n:,}: {100 * g:+.2f} ({g / (cnn[n][0] - vit[n][0]):.0%} of the gap)" for n, g in gains.items()))
+cnn, vit = summary["cnn"], summary["vit"]
+print(f"{'images':>8} {'CNN - ViT':>10} {'distilled: gain (share)':>24} {'SPT + LSA: gain (share)':>24}")
+for n in sorted(cnn):
+    gap = cnn[n][0] - vit[n][0]  # points the plain ViT is behind
+    gains = [summary[m][n][0] - vit[n][0] for m in ("distilled", "spt_lsa")]  # points each fix wins back
+    print(f"{n:>8,} {100 * gap:>10.2f} " + " ".join(f"{f'{100 * g:+.2f} ({g / gap:.0%})':>24}" for g in gains))
 big = max(cnn)
 if "distilled_spt_lsa" in summary:
     print(f"at {big:,} images: distilled {100 * summary['distilled'][big][0]:.2f}%, distilled with SPT + LSA "
