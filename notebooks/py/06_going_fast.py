@@ -114,8 +114,9 @@ print(f"a @ a returned after {returned * 1e3:.2f} ms; its result was ready after
 # Both effects shape the timer. A few untimed **warm-up** calls come first (the first calls pay one-time
 # costs like the 94 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
 # is read after a synchronisation, a fixed number of calls run, and the clock is read again after another
-# synchronisation, so that the last call's work is inside the measurement. Written out, for a `step()`
-# that trains on `batch_size` images:
+# synchronisation, so that the last call's work is inside the measurement (`speed.synchronize(device)`
+# calls `torch.cuda.synchronize()` on a GPU and does nothing on a CPU). Written out, for a `step()` that
+# trains on `batch_size` images:
 
 # %%
 def my_images_per_second(step, batch_size, steps, warmup):
@@ -180,7 +181,8 @@ def make_optimizer(model, cfg):
 # The package's step is `vit_helpers.step.TrainStep`: the step that `train()` runs, and so the one that
 # gave the same weights as your `fit` in 05. It is built from a model, a config and a device, and called
 # as `step((x, y), lr)`; it keeps the epoch's summed loss on the device in `step.totals`. One step of
-# each, from the same weights on the same batch of this mode's recipe, in float32 and eager (every
+# each, from the same weights on the same batch of this mode's recipe (the first batch that
+# `make_batches` makes, the package's batches that 05 compared with yours), in float32 and eager (every
 # operation launched from Python as it comes). The check: the same loss and the same weights afterwards,
 # to 1e-5:
 
