@@ -276,8 +276,8 @@ def measure(name, rung_cfg, mine=None, steps=STEPS, warmup=WARMUP):
 article_cfg = cfg.replace(batch_size=16, pipeline="classic", augment="article", mix_prob=0.0, precision="fp32",
                           compile=False, cuda_graph=False, num_workers=min(4, os.cpu_count() or 1))
 article_steps, article_warmup = (50, 10) if GPU else (10, 3)
-model, opt = fresh(article_cfg)
-mine = speed.images_per_second(on_batches(lambda x, y: training_step(model, opt, x, y, LR, article_cfg), article_cfg),
+art_model, art_opt = fresh(article_cfg)
+mine = speed.images_per_second(on_batches(lambda x, y: training_step(art_model, art_opt, x, y, LR, article_cfg), article_cfg),
                                article_cfg.batch_size, steps=article_steps, warmup=article_warmup, device=device)
 _ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, mine, steps=article_steps, warmup=article_warmup)
 
@@ -296,8 +296,8 @@ _ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, mine,
 # batches (`run_plain` stays for the profile below), then the package's:
 
 # %%
-model, opt = fresh(eager_cfg)
-run_plain = on_batches(lambda x, y: training_step(model, opt, x, y, LR, eager_cfg), eager_cfg)
+plain_model, plain_opt = fresh(eager_cfg)
+run_plain = on_batches(lambda x, y: training_step(plain_model, plain_opt, x, y, LR, eager_cfg), eager_cfg)
 mine = speed.images_per_second(run_plain, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
 eager_step = measure(f"batch {cfg.batch_size}, augmented on the {'GPU' if GPU else 'CPU'}, fp32, eager", eager_cfg, mine)
 
@@ -374,14 +374,14 @@ def bf16_loss(model, x, y, cfg):
 # %%
 bf16_cfg = eager_cfg.replace(precision="auto")
 if GPU:
-    model, opt = fresh(bf16_cfg)
-    bf16_ref = training_step(model, opt, x, y, LR, bf16_cfg, bf16_loss).item()
+    bf16_model, bf16_opt = fresh(bf16_cfg)
+    bf16_ref = training_step(bf16_model, bf16_opt, x, y, LR, bf16_cfg, bf16_loss).item()
     check("your bf16 step against float32", bf16_ref, ref_loss, TOL["bf16 vs fp32"])
     pkg = TrainStep(copy.deepcopy(ref), bf16_cfg, device)
     pkg((x, y), LR)
     check("your bf16 step against TrainStep(precision='auto')", bf16_ref, (pkg.totals[0] / len(x)).item(), TOL["same"])
-    model, opt = fresh(bf16_cfg)
-    run_bf16 = on_batches(lambda x, y: training_step(model, opt, x, y, LR, bf16_cfg, bf16_loss), bf16_cfg)
+    bf16_model, bf16_opt = fresh(bf16_cfg)
+    run_bf16 = on_batches(lambda x, y: training_step(bf16_model, bf16_opt, x, y, LR, bf16_cfg, bf16_loss), bf16_cfg)
     mine = speed.images_per_second(run_bf16, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
     bf16_step = measure("+ bf16 autocast", bf16_cfg, mine)
 else:
@@ -453,12 +453,12 @@ if GPU:
     # inductor suggests TF32 for float32 matrix multiplies; under bf16 autocast there are none to speed up
     warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*", category=UserWarning)
     compiled_loss = torch.compile(bf16_loss)
-    model, opt = fresh(compiled_cfg)
+    c_model, c_opt = fresh(compiled_cfg)
     t0 = time.perf_counter()
-    compiled_ref = training_step(model, opt, x, y, LR, compiled_cfg, compiled_loss).item()
+    compiled_ref = training_step(c_model, c_opt, x, y, LR, compiled_cfg, compiled_loss).item()
     print(f"first call of the compiled loss, compiling included: {time.perf_counter() - t0:.1f} s")
     check("your compiled step against your eager bf16 step", compiled_ref, bf16_ref, TOL["compiled vs eager"])
-    run_compiled = on_batches(lambda x, y: training_step(model, opt, x, y, LR, compiled_cfg, compiled_loss), compiled_cfg)
+    run_compiled = on_batches(lambda x, y: training_step(c_model, c_opt, x, y, LR, compiled_cfg, compiled_loss), compiled_cfg)
     mine = speed.images_per_second(run_compiled, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
     compiled_step = measure("+ torch.compile", compiled_cfg, mine)
     compiled = speed.profile_step(run_compiled, device=device, steps=3)
