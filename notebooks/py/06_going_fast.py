@@ -592,7 +592,7 @@ else:
 # once by `GPUBatches.plan()` (05's batches are a function of these draws). Each step copies the next
 # draws in, and the replay makes the batch and trains on it. After its warm-up it also puts the weights
 # and the optimizer's state back, where yours used lr 0. `train()` builds its step with `make_step`
-# (`vit_helpers/step.py`): a `GraphedStep` where the config says `cuda_graph=True` and the device
+# (`vit_helpers/train`): a `GraphedStep` where the config says `cuda_graph=True` and the device
 # allows it, else a `TrainStep`; `make_step_fn` does the same, and iterates `step.epoch(batches)`, which
 # is the batches for a `TrainStep` and the draws for a `GraphedStep`. `cuda_graph=True` is the last speed
 # setting of the fast recipe, so in full mode this rung is the recipe itself:
