@@ -51,7 +51,7 @@ CODE = re.compile(r"^[ \t]*```python[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M
 OUTPUT = re.compile(r"^[ \t]*```text[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
 MODE_NAMED = re.compile(r"\b(quick|full) mode\b")
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
-STATES_OUTPUT = {"01_patching", "02_attention", "03_transformer_block", "04_vision_transformer", "05_training", "06_going_fast", "07_evaluation", "08_lora", "09_distillation", "10_small_data"}  # notebooks whose every solution must state its output
+STATES_OUTPUT = {"01_patching", "02_attention", "03_transformer_block", "04_vision_transformer", "05_training", "07_evaluation", "08_lora", "09_distillation", "10_small_data"}  # notebooks whose every solution must state its output
 
 
 @dataclass
