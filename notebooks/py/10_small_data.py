@@ -265,8 +265,10 @@ print("the released weights load as before:", model.args.spt, model.args.lsa, "|
 # test accuracy after the last epoch (the test set picks nothing). The distilled ViT learns from the
 # CNN trained on the *same* subset: a teacher that saw more images would smuggle data in.
 #
-# In full mode this cell reruns the smallest size, 2,500 images, for all four models (seed 0, about 3
-# minutes on an H200), to check the stored grid below against a live run. In quick mode (a CPU) it runs
+# In full mode this cell reruns the smallest size, 2,500 images, for all four models (seed 0), to check the
+# stored grid below against a live run. Alone on an H200 the four take about 90 s of training (the grid's
+# one-process runs of this size: 11, 22, 27 and 28 s) plus their compilation; the run stored here shared
+# its GPU and CPUs with the project's test suite, so its seconds are several times longer. In quick mode (a CPU) it runs
 # the small models at 250 and 1,000 images instead, a few dozen steps each: real, but far from the GPU's
 # numbers.
 
@@ -357,10 +359,10 @@ if "distilled_spt_lsa" in summary:
 # Read from the stored grid (one H200, ViTs at 40 epochs of 45,000 images, one seed above 5,000 images):
 #
 # - **The gap is large at every size, and it does not close with data.** The CNN leads the plain ViT by
-#   17.2 points at 2,500 images (73.3% against 56.1%, two seeds each) and by 18.5 points at 45,000
-#   (90.6% against 72.0%), between 16.4 and 18.5 points at every size. Read the other way, a gap that
+#   17.15 points at 2,500 images (73.26% against 56.11%, two seeds each) and by 18.51 points at 45,000
+#   (90.55% against 72.04%), between 16.35 and 18.51 points at every size. Read the other way, a gap that
 #   stays constant on a log axis means the ViT needs a constant multiple of the CNN's data to match it:
-#   here the ViT on 45,000 images (72.0%) is still below the CNN on 2,500 (73.3%). In that sense the
+#   here the ViT on 45,000 images (72.04%) is still below the CNN on 2,500 (73.26%). In that sense the
 #   claim holds strongly: this ViT needs more than 18 times the CNN's data.
 # - **But data is not all it lacks; training is too.** At 45,000 images the same ViT reaches 86.66% when
 #   it trains 420 epochs instead of 40 (05's released model, its best validation epoch; next cell), 14.6
@@ -368,18 +370,18 @@ if "distilled_spt_lsa" in summary:
 #   11,250 images (69.3%, 71.6%, 72.0%, one seed each, so within the seeds' noise), which is what a run too
 #   short to use the extra images would show. This grid cannot separate "needs more data" from "needs
 #   more training": both would look like this at 40 epochs.
-# - **Distillation wins back 40% of the gap at 2,500 images and a quarter at 45,000**: +6.9 and +4.5
+# - **Distillation wins back 40% of the gap at 2,500 images and a quarter at 45,000**: +6.86 and +4.51
 #   points, with a teacher that saw exactly the same images: the CNN's inductive bias reaches the ViT
 #   through the teacher's answers, not through more data.
-# - **SPT + LSA win back a quarter of it at 2,500 images and a tenth at 45,000**: +4.4, +3.7 at 5,000,
-#   and +2.0 points, for 1.6% more parameters. Their gain shrinks as data grows; one reading, not tested
+# - **SPT + LSA win back a quarter of it at 2,500 images and a tenth at 45,000**: +4.41, +3.72 at 5,000,
+#   and +2.02 points, for 1.6% more parameters. Their gain shrinks as data grows; one reading, not tested
 #   here, is that they supply some of the locality that more data would also teach.
 # - **Both fixes together at full size**: the distilled ViT with SPT + LSA reaches 78.85%, against
 #   76.55% distilled alone and 72.04% plain (one seed each).
 #
 # Two seeds differ by up to 3.5 points at the small sizes (the error bars are half that range, 0.2 to
-# 1.8 points). The gaps and distillation's gains are well beyond that; SPT + LSA's +3.7 at 5,000 is just
-# beyond it, and its +2.0 at 45,000 and the +2.3 that SPT + LSA add to the distilled ViT there (one seed
+# 1.8 points). The gaps and distillation's gains are well beyond that; SPT + LSA's +3.72 at 5,000 is just
+# beyond it, and its +2.02 at 45,000 and the +2.3 that SPT + LSA add to the distilled ViT there (one seed
 # each) are within it: suggestive, not established.
 #
 # ## What a longer run would change
@@ -403,7 +405,7 @@ if grid and full_length:
 
 # %% [markdown]
 # At full length the plain ViT ends 3.9 points under the CNN (86.66% against 90.55%) and the distilled
-# ViT 0.2 points under it (90.36%): the gap that is 18.5 points after 40 epochs shrinks to 3.9 with ten
+# ViT 0.2 points under it (90.36%): the gap that is 18.51 points after 40 epochs shrinks to 3.9 with ten
 # times the training, at the same 45,000 images (the full-length numbers are each run's best validation
 # epoch, the grid's its last epoch; the difference between the two is small next to 14.6 points). A
 # longer grid would raise every ViT point, and probably most at the large sizes, where a 40-epoch run
