@@ -250,6 +250,10 @@ fig.tight_layout()
 #                        (axes[1], image[None].reshape(1, 64, 3 * P * P), "without permute")):
 #     ax.imshow(vh.patch_to_img(seq, P, 32)[0].permute(1, 2, 0).numpy())  # patches drawn back in place
 #     ax.set_title(title, fontsize=9); ax.axis("off")
+# held = ["".join("RGB"[c] for c in sorted(set((v // 1024).tolist()))) for v in wrong[0]]  # channels in each patch
+# print("without permute, the channels each drawn patch holds (the figure's 8x8 grid):")
+# for row in range(8):
+#     print("  " + " ".join(f"{h:2s}" for h in held[8 * row:8 * row + 8]).rstrip())
 # ```
 #
 # Output of our run (quick mode, 2 CPU cores):
@@ -257,13 +261,24 @@ fig.tight_layout()
 # ```text
 # with permute patch 0: channels [0, 1, 2], rows [0, 1, 2, 3], columns 0..3
 # no permute   patch 0: channels [0], rows [0, 1], columns 0..31
+# without permute, the channels each drawn patch holds (the figure's 8x8 grid):
+#   R  R  R  R  R  R  R  R 
+#   R  R  R  R  R  R  R  R 
+#   R  R  R  R  R  RG G  G 
+#   G  G  G  G  G  G  G  G 
+#   G  G  G  G  G  G  G  G 
+#   G  G  GB B  B  B  B  B 
+#   B  B  B  B  B  B  B  B 
+#   B  B  B  B  B  B  B  B 
 # ```
 #
 # With the permute, patch 0 holds all three channels of rows 0-3, columns 0-3: a 4x4 square. Without
 # it, the 48 numbers are just the next 48 values in memory: channel 0 only, all of row 0 (columns
-# 0-31) and half of row 1, a thin strip. In the figure (drawn back in place), the smooth colour ramp is unrecognisable: the first
-# third of the "patches" hold only red values (so they show as greys), the next third only green,
-# the last only blue.
+# 0-31) and half of row 1, a thin strip. In the figure (drawn back in place) the smooth colour ramp is
+# unrecognisable, and the grid printed above says why: the 21 patches marked R hold only red values,
+# which change only from row to row, so each is drawn as a shade of grey; the 20 marked G hold the
+# green ramp across the columns, drawn as green and magenta stripes; the 21 marked B hold the constant
+# blue, one flat grey. Only the two patches at the borders (RG, GB) mix two channels.
 #
 # </details>
 #

@@ -197,8 +197,33 @@ for name, prep, lr in methods:
     rows.append(row)
 
 # %% [markdown]
-# Each line: the method, its accuracy on the rotated test images, how many parameters it trained,
-# its training time, and the size of the file it must save.
+# The first line printed is the whole schedule, `TrainConfig` with all its fields (the stored run's is
+# full mode's; the quick one differs where the cell says). The fields that matter here:
+# - `epochs=10`, `batch_size=512`: ten passes over the training split, 512 images per step;
+# - `optimizer='adamw'`, `lr=0.002`, `weight_decay=0.0`, `betas`: AdamW with Adam's usual betas and a
+#   peak learning rate of 2e-3, without weight decay (full fine-tuning gets a quarter of it, `ft.lr / 4`);
+# - `schedule='cosine'`, `warmup_epochs=1`: one epoch of linear warmup, then a half cosine down to 0,
+#   the `lr` column of the epoch tables (2.00e-03 after epoch 1, near 0 after epoch 10);
+# - `label_smoothing=0.1`, `grad_clip=1.0`: as in notebook 05's recipes;
+# - `pipeline='gpu'`, `augment='crop_flip'`: the uint8 images sit on the device and get random crops and
+#   flips only; `mix_prob=0.0`, `erase_prob=0.0` and `repeats=1` turn off MixUp/CutMix, Random Erasing
+#   and repeated augmentation;
+# - `precision='auto'`: bf16 autocast on a GPU that supports it (the quick configuration keeps the
+#   default, fp32);
+# - `train_subset=None`, `val_size=5000`: all 45,000 images of the training split, with 5,000 held out
+#   for the `val loss` and `val acc` columns; `seed=0`: every method gets the same split, order and
+#   augmentation; `log_every=5`: a table line after epochs 1, 5 and 10.
+#
+# The other fields keep their defaults and do nothing here: `momentum`, `milestones` and `gamma` belong
+# to SGD and the multistep schedule; `num_workers` to the classic DataLoader pipeline; `compile`,
+# `compile_mode`, `cuda_graph` and `budget_minutes` are notebook 06's speed and time-budget options,
+# off; `distill`, `distill_weight` and `distill_temperature` are notebook 09's teacher, and
+# `ema_decay` a moving average of the weights, both off; `attention='auto'` lets torch pick the
+# attention kernel; `eval_batch_size` sets the validation batch, and `checkpoint_every` writes no
+# file here, since `run` gives `train` no checkpoint directory.
+#
+# Then each method's epoch table and one line: the method, its accuracy on the rotated test images, how
+# many parameters it trained, its training time, and the size of the file it must save.
 #
 # ## The comparison
 # The table, then accuracy against the number of trainable parameters (log scale: each step right
@@ -318,10 +343,12 @@ with tempfile.TemporaryDirectory() as d:
 # model on disk can serve many tasks, each with its own small file.
 #
 # ## Exercises
-# In quick mode the solutions train for a few steps on 128 images so that they finish in about a
-# minute on a CPU, and score on 200 test images: their accuracies then differ by a point or two,
-# which is noise (one image is half a point), and only show that the mechanics work. Each solution
-# says which full-mode numbers (the release's, on the 10,000 test images) answer the question.
+# In quick mode the solutions train with a short loop of their own (AdamW at a constant 2e-3, 8 to 32
+# steps of 32 images) so that each finishes within a minute or two on a CPU, and score on 200 test
+# images. An accuracy on 200 images moves in steps of half a point, so they also print the loss on
+# those images, which moves smoothly, and compare the variants on the same batches. Where a question
+# is about full training, the solution also prints the release's full-mode numbers, read from this
+# notebook's stored outputs (NVIDIA H200, 10 epochs on 45,000 images, scored on the 10,000 test images).
 #
 # 1. **The LoRA paper's choice.** Adapt only `attn.wq` and `attn.wv` (the LoRA paper's choice). How
 #    close is it to all four?
@@ -329,57 +356,81 @@ with tempfile.TemporaryDirectory() as d:
 # <details><summary>Hint</summary>
 #
 # `add_lora(model, targets=("attn.wq", "attn.wv"), r=8, alpha=8, trainable=("head",))` on a fresh copy
-# of the base model, then `train` and `evaluate` as in the notebook; do the same with
-# `ATTENTION_TARGETS` and compare accuracy and trainable parameters.
+# of the base model, then train it; do the same with `ATTENTION_TARGETS` and compare trainable
+# parameters and the loss on held-out images. Give both the same batches (`GPUBatches` without
+# shuffling yields them in order), so that only the targets differ.
 #
 # </details>
 # <details><summary>Solution</summary>
 #
 # ```python
 # import copy
+# import json
+# import re
 # import torch
+# import torch.nn.functional as F
 # from vit_helpers import runtime
 # from vit_helpers.checkpoint import trained_model
 # from vit_helpers.data import GPUBatches, load_task
 # from vit_helpers.lora import ATTENTION_TARGETS, add_lora
 # from vit_helpers.model import count_parameters
-# from vit_helpers.train import TrainConfig, evaluate, train
+# from vit_helpers.train import evaluate
 #
-# full, device = runtime.MODE == "full", runtime.DEVICE
+# device = runtime.DEVICE
 # base, _, _ = trained_model("fast", device)
 # task = load_task("cifar10-rot90")
-# cfg = TrainConfig(epochs=10 if full else 1, batch_size=512 if full else 32, optimizer="adamw", lr=2e-3, schedule="cosine",
-#                   warmup_epochs=1 if full else 0.1, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="crop_flip",
-#                   precision="auto", train_subset=None if full else 128, val_size=5000 if full else 100, log_every=100)
-# test_idx = torch.randperm(len(task.test_x), generator=torch.Generator().manual_seed(0))[: len(task.test_x) if full else 200]
-# test = GPUBatches(task.test_x[test_idx], task.test_y[test_idx], 500, device=device)
-# print(f"before training: {evaluate(base, test, device)[1]:.1%} on {len(test_idx):,} rotated test images")
+# pick = torch.randperm(len(task.train_x), generator=torch.Generator().manual_seed(0))[:256]
+# train_batches = GPUBatches(task.train_x[pick], task.train_y[pick], 32, device=device)  # 8 steps, the same for both
+# test = GPUBatches(task.test_x[:200], task.test_y[:200], 200, device=device)
+# loss0, acc0 = evaluate(base, test, device)
+# print(f"no training: held-out loss {loss0:.3f}, accuracy {acc0:.1%} on 200 rotated test images")
+# drops = []
 # for targets in (("attn.wq", "attn.wv"), ATTENTION_TARGETS):
+#     torch.manual_seed(0)
 #     model = copy.deepcopy(base)
 #     add_lora(model, targets=targets, r=8, alpha=8, trainable=("head",))
-#     train(model, task, cfg, device=device, progress=False)
-#     print(f"LoRA r=8 on {', '.join(targets)}: trainable {count_parameters(model, trainable_only=True):,}, "
-#           f"rotated accuracy {evaluate(model, test, device)[1]:.1%}")
+#     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
+#     losses = []
+#     for x, y in train_batches:
+#         loss = F.cross_entropy(model(x), y)
+#         opt.zero_grad(); loss.backward(); opt.step()
+#         losses.append(loss.item())
+#     held_loss, held_acc = evaluate(model, test, device)
+#     drops.append(loss0 - held_loss)
+#     print(f"r=8 on {', '.join(t.removeprefix('attn.') for t in targets)}: trainable {count_parameters(model, trainable_only=True):,}")
+#     print("  training loss, steps 1-8:", " ".join(f"{v:.2f}" for v in losses))
+#     print(f"  held-out loss {held_loss:.3f}, accuracy {held_acc:.1%}")
+# print(f"wq, wv gets {drops[0] / drops[1]:.0%} of the held-out loss drop of all four")
+#
+# # Same budget in the release's full-mode table (this notebook's stored outputs, NVIDIA H200, 10 epochs):
+# cells = json.load(open("08_lora.ipynb"))["cells"]
+# stored = "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
+# for method, acc, n in re.findall(r"^(LoRA r=[48], attention) +([\d.]+%) +([\d,]+)", stored, re.M):
+#     print(f"full mode, {method}: {acc} rotated accuracy, trainable {n}")
 # ```
 #
 # Output of our run (quick mode, 2 CPU cores):
 #
 # ```text
-# before training: 32.0% on 200 rotated test images
-#     epoch  train loss  train acc  val loss  val acc        lr     img/s    time
-#       1/1       2.122      0.367     2.004    0.350  2.93e-04        20      6s
-# LoRA r=8 on attn.wq, attn.wv: trainable 51,722, rotated accuracy 33.0%
-#     epoch  train loss  train acc  val loss  val acc        lr     img/s    time
-#       1/1       2.118      0.375     1.992    0.340  2.93e-04         6     23s
-# LoRA r=8 on attn.wq, attn.wk, attn.wv, attn.wo: trainable 100,874, rotated accuracy 34.0%
+# no training: held-out loss 1.818, accuracy 42.0% on 200 rotated test images
+# r=8 on wq, wv: trainable 51,722
+#   training loss, steps 1-8: 2.24 1.77 2.18 1.84 1.77 2.01 1.76 1.70
+#   held-out loss 1.461, accuracy 53.0%
+# r=8 on wq, wk, wv, wo: trainable 100,874
+#   training loss, steps 1-8: 2.24 1.77 2.17 1.83 1.74 1.99 1.74 1.67
+#   held-out loss 1.394, accuracy 56.0%
+# wq, wv gets 84% of the held-out loss drop of all four
+# full mode, LoRA r=4, attention: 73.12% rotated accuracy, trainable 51,722
+# full mode, LoRA r=8, attention: 74.35% rotated accuracy, trainable 100,874
 # ```
 #
-# Two targets train half the adapter parameters (51,722 against 100,874, the head included). In our
-# quick-mode run (4 steps on 128 images) the rotated accuracy barely moves from the untrained 32.0%
-# (33.0% and 34.0%, a difference of two test images): far too short to separate them. The question
-# of budget is answered by the notebook's full-mode table: r = 8 on `wq`, `wv` trains exactly as
-# many parameters as r = 4 on all four (51,722), which reached 73.12%, 1.2 points below r = 8 on all
-# four (74.35%). Run the solution in full mode on a GPU to measure the `wq`, `wv` variant itself.
+# Two targets train half the adapter parameters (51,722 against 100,874, the head included). On the
+# same 8 batches the two training-loss curves stay close, all four pulling ahead only at the end (1.67
+# against 1.70 at step 8); on the 200 held-out images the loss falls from 1.818 to 1.461 with `wq`,
+# `wv` and to 1.394 with all four, so `wq`, `wv` gets 84% of the drop (accuracy 53.0% against 56.0%,
+# from 42.0%). At 51,722 parameters it has the budget of r = 4 on all four, which reached 73.12% in the
+# release's full-mode table against 74.35% for r = 8 on all four: what `wq`, `wv` itself reaches there
+# takes the same loop run longer on a GPU.
 #
 # </details>
 #
@@ -387,65 +438,91 @@ with tempfile.TemporaryDirectory() as d:
 #
 # <details><summary>Hint</summary>
 #
-# `add_lora(..., r=1, alpha=1)`. The gap is the distance between the base model on rotated images
-# (no training) and full fine-tuning; compare rank 1 with the rank-4 and rank-8 rows of the table.
+# `add_lora(..., r=1, alpha=1)`, against r = 8 on the same batches. The gap is the distance between the
+# base model on rotated images (no training) and full fine-tuning; the notebook's full-mode table has
+# both ends and the rank-4 and rank-8 rows.
 #
 # </details>
 # <details><summary>Solution</summary>
 #
 # ```python
 # import copy
+# import json
+# import re
 # import torch
+# import torch.nn.functional as F
 # from vit_helpers import runtime
 # from vit_helpers.checkpoint import trained_model
 # from vit_helpers.data import GPUBatches, load_task
 # from vit_helpers.lora import ATTENTION_TARGETS, add_lora
 # from vit_helpers.model import count_parameters
-# from vit_helpers.train import TrainConfig, evaluate, train
+# from vit_helpers.train import evaluate
 #
-# full, device = runtime.MODE == "full", runtime.DEVICE
+# device = runtime.DEVICE
 # base, _, _ = trained_model("fast", device)
 # task = load_task("cifar10-rot90")
-# cfg = TrainConfig(epochs=10 if full else 1, batch_size=512 if full else 32, optimizer="adamw", lr=2e-3, schedule="cosine",
-#                   warmup_epochs=1 if full else 0.1, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="crop_flip",
-#                   precision="auto", train_subset=None if full else 128, val_size=5000 if full else 100, log_every=100)
-# test_idx = torch.randperm(len(task.test_x), generator=torch.Generator().manual_seed(0))[: len(task.test_x) if full else 200]
-# test = GPUBatches(task.test_x[test_idx], task.test_y[test_idx], 500, device=device)
-# before = evaluate(base, test, device)[1]
-# model = copy.deepcopy(base)
-# add_lora(model, targets=ATTENTION_TARGETS, r=1, alpha=1, trainable=("head",))
-# train(model, task, cfg, device=device, progress=False)
-# after = evaluate(model, test, device)[1]
-# print(f"rank 1: trainable {count_parameters(model, trainable_only=True):,}; rotated accuracy {before:.1%} -> {after:.1%}")
-# print("full mode reference (release, H200): no training 34.37%, r=4 73.12%, r=8 74.35%, full fine-tuning 76.20%")
+# pick = torch.randperm(len(task.train_x), generator=torch.Generator().manual_seed(0))
+# train_batches = GPUBatches(task.train_x[pick[:256]], task.train_y[pick[:256]], 32, device=device)  # 8 steps, the same for each rank
+# test = GPUBatches(task.test_x[:200], task.test_y[:200], 200, device=device)
+# loss0, acc0 = evaluate(base, test, device)
+# print(f"no training: held-out loss {loss0:.3f}, accuracy {acc0:.1%} on 200 rotated test images")
+# drops = {}
+# for rank in (1, 8):
+#     torch.manual_seed(0)
+#     model = copy.deepcopy(base)
+#     add_lora(model, targets=ATTENTION_TARGETS, r=rank, alpha=rank, trainable=("head",))
+#     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
+#     for x, y in train_batches:
+#         loss = F.cross_entropy(model(x), y)
+#         opt.zero_grad(); loss.backward(); opt.step()
+#     held_loss, held_acc = evaluate(model, test, device)
+#     drops[rank] = loss0 - held_loss
+#     print(f"rank {rank}: trainable {count_parameters(model, trainable_only=True):,}; after 8 steps held-out loss {held_loss:.3f}, "
+#           f"accuracy {held_acc:.1%}")
+# print(f"rank 1 gets {drops[1] / drops[8]:.0%} of rank 8's loss drop")
+#
+# # The question in full mode: the release's table, read from this notebook's stored outputs (NVIDIA H200, 10 epochs).
+# cells = json.load(open("08_lora.ipynb"))["cells"]
+# stored = "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
+# table = {m: float(a) for m, a in re.findall(r"^(no training|LoRA r=\d+, attention|full fine-tuning) +([\d.]+)%", stored, re.M)}
+# gap = table["full fine-tuning"] - table["no training"]
+# for method in ("LoRA r=4, attention", "LoRA r=8, attention"):
+#     print(f"full mode, {method}: {table[method]:.2f}%, {(table[method] - table['no training']) / gap:.0%} of the gap "
+#           f"from no training ({table['no training']:.2f}%) to full fine-tuning ({table['full fine-tuning']:.2f}%)")
 # ```
 #
 # Output of our run (quick mode, 2 CPU cores):
 #
 # ```text
-#     epoch  train loss  train acc  val loss  val acc        lr     img/s    time
-#       1/1       2.126      0.359     2.018    0.330  2.93e-04         6     21s
-# rank 1: trainable 14,858; rotated accuracy 32.0% -> 33.0%
-# full mode reference (release, H200): no training 34.37%, r=4 73.12%, r=8 74.35%, full fine-tuning 76.20%
+# no training: held-out loss 1.818, accuracy 42.0% on 200 rotated test images
+# rank 1: trainable 14,858; after 8 steps held-out loss 1.519, accuracy 51.0%
+# rank 8: trainable 100,874; after 8 steps held-out loss 1.394, accuracy 56.0%
+# rank 1 gets 70% of rank 8's loss drop
+# full mode, LoRA r=4, attention: 73.12%, 93% of the gap from no training (34.37%) to full fine-tuning (76.20%)
+# full mode, LoRA r=8, attention: 74.35%, 96% of the gap from no training (34.37%) to full fine-tuning (76.20%)
 # ```
 #
-# Rank 1 trains only 14,858 parameters (0.5% of the model, the head included): one direction A and
-# one direction B per adapted matrix. In our quick-mode run its rotated accuracy went from 32.0% to
-# 33.0%, one test image more in 200 after 4 steps: too short a run to say how much of the gap it
-# recovers. The gap is what the reference line shows, from no training (34.37%) to full fine-tuning
-# (76.20%), of which r = 4 recovers 93% and r = 8 96%; run the solution in full mode on a GPU to put
-# rank 1 on that scale.
+# Rank 1 trains 14,858 parameters against rank 8's 100,874 (one direction A and one direction B per
+# adapted matrix, plus the head). On the same 8 batches it brings the held-out loss from 1.818 to 1.519,
+# rank 8 to 1.394: rank 1 gets 70% of rank 8's drop (accuracy 51.0% against 56.0%, from 42.0%). In
+# the release's full-mode run the gap is 34.37% to 76.20%, of which r = 4 recovers 93% and r = 8 96%:
+# the ranks above 4 add little there, and this short run says that a single direction already carries
+# most of the early progress.
 #
 # </details>
 #
-# 3. **A new task with new classes.** With internet: `load_task("cifar100")`, `model.reset_head(100)`,
-#    and LoRA with `trainable=("head",)`.
+# 3. **A new task with new classes.** Without internet, make one from CIFAR-10: turn each image by 0,
+#    90, 180 or 270 degrees at random, and predict how many quarter turns it was given (four classes the
+#    model never had: which way the camera was mounted). Give the model a new head with
+#    `model.reset_head(4)`, add LoRA with `trainable=("head",)`, and train it. (With internet,
+#    `load_task("cifar100")` and `reset_head(100)` are the same steps for 100 new classes.)
 #
 # <details><summary>Hint</summary>
 #
-# Order matters: first `reset_head(100)` (a fresh 100-class head), then `add_lora(...,
-# trainable=("head",))`, which freezes everything except the adapters and the head you name. Without
-# internet the download fails; catch the error and still check the set-up.
+# Order matters: first `reset_head(4)` (a fresh 4-class head), then `add_lora(...,
+# trainable=("head",))`, which freezes everything except the adapters and the head you name.
+# `torch.rot90(img, k, dims=(1, 2))` turns one (C, H, W) image by k quarter turns; `GPUBatches(x, y,
+# 32)` makes the batches from the turned uint8 images and their labels k.
 #
 # </details>
 # <details><summary>Solution</summary>
@@ -453,42 +530,56 @@ with tempfile.TemporaryDirectory() as d:
 # ```python
 # import copy
 # import torch
+# import torch.nn.functional as F
 # from vit_helpers import runtime
 # from vit_helpers.checkpoint import trained_model
-# from vit_helpers.data import GPUBatches, load_task
+# from vit_helpers.data import GPUBatches, load_cifar10
 # from vit_helpers.lora import ATTENTION_TARGETS, add_lora
 # from vit_helpers.model import count_parameters
-# from vit_helpers.train import TrainConfig, evaluate, train
+# from vit_helpers.train import evaluate
 #
-# full, device = runtime.MODE == "full", runtime.DEVICE
+#
+# def turned(x, seed):
+#     """Each image turned by 0, 90, 180 or 270 degrees at random; the label is the number of quarter turns."""
+#     k = torch.randint(0, 4, (len(x),), generator=torch.Generator().manual_seed(seed))
+#     return torch.stack([torch.rot90(img, int(q), dims=(1, 2)) for img, q in zip(x, k)]), k  # img: (C, H, W)
+#
+#
+# device = runtime.DEVICE
 # base, _, _ = trained_model("fast", device)
+# data = load_cifar10()
+# pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))[:1024]
+# train_batches = GPUBatches(*turned(data.train_x[pick], seed=1), 32, device=device)  # 32 steps of 32 images
+# test = GPUBatches(*turned(data.test_x[:200], seed=2), 200, device=device)
+# torch.manual_seed(0)
 # model = copy.deepcopy(base)
-# model.reset_head(100)  # 100 classes: a new, untrained head
+# model.reset_head(4)  # four new classes: how many quarter turns the camera made
 # add_lora(model, targets=ATTENTION_TARGETS, r=8, alpha=8, trainable=("head",))
 # print(f"output {tuple(model(torch.randn(2, 3, 32, 32, device=device)).shape)}, trainable {count_parameters(model, trainable_only=True):,}")
-# try:
-#     task = load_task("cifar100")
-# except Exception as e:  # no internet: torchvision cannot download CIFAR-100
-#     print(f"CIFAR-100 is not available here ({type(e).__name__}); the set-up above is what you would train")
-# else:
-#     cfg = TrainConfig(epochs=10 if full else 1, batch_size=512 if full else 32, optimizer="adamw", lr=2e-3, schedule="cosine",
-#                       warmup_epochs=1 if full else 0.1, label_smoothing=0.1, grad_clip=1.0, pipeline="gpu", augment="crop_flip",
-#                       precision="auto", train_subset=None if full else 128, val_size=5000 if full else 100, log_every=100)
-#     train(model, task, cfg, device=device, progress=False)
-#     n = len(task.test_x) if full else 500
-#     print(f"CIFAR-100 test accuracy: {evaluate(model, GPUBatches(task.test_x[:n], task.test_y[:n], 500, device=device), device)[1]:.1%}")
+# print(f"untrained head: accuracy {evaluate(model, test, device)[1]:.1%} on 200 turned test images (chance 25%)")
+# opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
+# losses = []
+# for x, y in train_batches:
+#     loss = F.cross_entropy(model(x), y)
+#     opt.zero_grad(); loss.backward(); opt.step()
+#     losses.append(loss.item())
+# print("training loss, mean of steps 1-8, 9-16, 17-24, 25-32:", " ".join(f"{sum(losses[i:i + 8]) / 8:.2f}" for i in range(0, 32, 8)))
+# print(f"after {len(losses)} steps: accuracy {evaluate(model, test, device)[1]:.1%} on the same 200 test images")
 # ```
 #
 # Output of our run (quick mode, 2 CPU cores):
 #
 # ```text
-# output (2, 100), trainable 124,004
-# CIFAR-100 is not available here (RuntimeError); the set-up above is what you would train
+# output (2, 4), trainable 99,332
+# untrained head: accuracy 24.0% on 200 turned test images (chance 25%)
+# training loss, mean of steps 1-8, 9-16, 17-24, 25-32: 1.33 1.29 1.17 1.10
+# after 32 steps: accuracy 47.5% on the same 200 test images
 # ```
 #
-# The model now produces 100 scores per image, and the new head has 256 x 100 + 100 = 25,700
-# parameters, so 124,004 are trainable with the rank-8 attention adapters. Our run had no internet,
-# so the solution stopped after this check; with internet it goes on to train on CIFAR-100 (chance is
-# 1%) and prints an epoch table and the test accuracy instead of the last line.
+# The model now gives 4 scores per image, and its new head has 256 x 4 + 4 = 1,028 parameters, so
+# 99,332 are trainable with the rank-8 attention adapters. The untrained head is at chance (24.0%);
+# 32 steps on 1,024 turned images bring the training loss from 1.33 to 1.10 (mean over 8 steps) and
+# the accuracy on 200 turned test images to 47.5%: the features of a model trained on upright images
+# already tell how an image is turned, and LoRA with a new head learns to read them.
 #
 # </details>
