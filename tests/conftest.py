@@ -18,6 +18,9 @@ def tiny_args() -> ModelArgs:
 def _seed_and_isolate(tmp_path, monkeypatch):
     torch.manual_seed(0)
     monkeypatch.setenv("VIT_CACHE_DIR", str(tmp_path / "cache"))
+    # torch.compile's saved work (compile_cache.py) defaults to <repo>/checkpoints, shared by every test and kept
+    # between runs: a GPU test's compiled code would then depend on what earlier runs left there.
+    monkeypatch.setenv("VIT_COMPILE_CACHE", str(tmp_path / "compile_cache"))
 
 
 def synthetic_data(n_train=512, n_test=128, classes=5, size=16, seed=0):

@@ -142,8 +142,10 @@ def parse_notebook(twin: Path) -> tuple[list[Exercise], list[str]]:
 
 
 def run_solution(code: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run one solution as a learner would: a fresh interpreter in notebooks/, quick mode, this checkout's package."""
-    env = dict(BASE_ENV, VIT_MODE="quick", MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join(
+    """Run one solution as a learner would: a fresh interpreter in notebooks/, quick mode, this checkout's package.
+    On the CPU, as the stated outputs were made ("quick mode, 2 CPU cores"), also where a GPU is present: quick mode on
+    a GPU machine would still train on the GPU, and print another device."""
+    env = dict(BASE_ENV, VIT_MODE="quick", MPLBACKEND="Agg", CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT), BASE_ENV.get("PYTHONPATH", "")) if p))
     try:
         return subprocess.run([sys.executable, "-c", code], cwd=NB_DIR, env=env, capture_output=True, text=True, timeout=timeout)

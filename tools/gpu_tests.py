@@ -4,7 +4,9 @@
     python tools/gpu_tests.py notebooks-1        # nbval over notebooks 01-05 in full mode
     python tools/gpu_tests.py notebooks-2        # 06-08
     python tools/gpu_tests.py notebooks-3        # 09-10
-    python tools/gpu_tests.py units -- -n 6      # anything after -- goes to pytest (here: pytest-xdist's workers)
+    python tools/gpu_tests.py units -- -n 6 -v   # anything after -- goes to pytest (here: pytest-xdist's workers;
+                                                 # -v prints each result as it ends, so a run cut short still
+                                                 # names its failures)
 
 Each part runs pytest with the project's settings (pyproject.toml) and adds its counts to release/manifest.json under
 "gpu_tests": {"gpu", "passed", "skipped", "failed", "seconds", "command", "parts": {part: the same counts}}, the

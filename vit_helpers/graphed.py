@@ -82,7 +82,9 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(self.graph):
+            # The outer stream context puts the current stream back even when recording fails: torch.cuda.graph's exit
+            # raises before it restores it, which would leave later work on the abandoned capture stream.
+            with torch.cuda.stream(torch.cuda.current_stream()), torch.cuda.graph(self.graph):
                 self._run(*self.inputs)
         except torch.OutOfMemoryError:
             self.graph = None
