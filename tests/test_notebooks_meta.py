@@ -1,6 +1,7 @@
 """The notebooks as files: twins agree with their notebooks, headers match the project address."""
 import importlib.util
 import json
+import platform
 from pathlib import Path
 
 import jupytext
@@ -81,10 +82,11 @@ def test_the_twin_check_catches_a_lost_tag(tmp_path):
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_every_notebook_has_the_same_metadata(name):
-    """Colab's GPU accelerator, the python3 kernel, and nothing that depends on the machine that ran it (no Python
-    version in language_info, no run timings in the cells)."""
+    """Colab's GPU accelerator, the python3 kernel, the release's Python version in language_info (JupyterLab fills in
+    a missing one on opening and marks the notebook modified), and no run timings in the cells."""
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
-    assert nb.metadata == run_series.NOTEBOOK_METADATA, (
+    python = json.loads((ROOT / "release" / "manifest.json").read_text())["python"]
+    assert nb.metadata == run_series.notebook_metadata(python), (
         f"{name}.ipynb's metadata differs from tools/run_series.py's NOTEBOOK_METADATA:\n{json.dumps(nb.metadata, indent=1)}")
     timed = [i for i, c in enumerate(nb.cells) if "execution" in c.metadata]
     assert not timed, f"{name}.ipynb: cells {timed} keep a run's timings in their metadata"
@@ -95,7 +97,8 @@ def test_run_series_writes_notebooks_without_volatile_metadata():
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)"},
                    "language_info": {**run_series.NOTEBOOK_METADATA["language_info"], "version": "3.12.3"}, "widgets": {}}
     out = run_series.without_volatile_metadata(nb)
-    assert out.metadata == run_series.NOTEBOOK_METADATA and "version" not in out.metadata["language_info"]
+    assert out.metadata == run_series.notebook_metadata(platform.python_version()), "this Python's version, nothing else"
+    assert out.metadata["language_info"]["version"] == platform.python_version() and "widgets" not in out.metadata
     assert out.cells[0].metadata == {"tags": ["t"]}, "tags stay (nbval reads them), timings go"
     assert "without_volatile_metadata(nb)" in (ROOT / "tools" / "run_series.py").read_text(), "run_series must write through it"
 

@@ -3,14 +3,15 @@
     python tools/gpu_tests.py units              # every test in tests/ (the GPU tests run instead of skipping)
     python tools/gpu_tests.py notebooks-1        # nbval over notebooks 01-05 in full mode
     python tools/gpu_tests.py notebooks-2        # 06-08
-    python tools/gpu_tests.py notebooks-3        # 09-10
+    python tools/gpu_tests.py notebooks-3        # 09
+    python tools/gpu_tests.py notebooks-4        # 10 (its full mode alone takes 7-9 minutes of an H200)
     python tools/gpu_tests.py units -- -n 6 -v   # anything after -- goes to pytest (here: pytest-xdist's workers;
                                                  # -v prints each result as it ends, so a run cut short still
                                                  # names its failures)
 
 Each part runs pytest with the project's settings (pyproject.toml) and adds its counts to release/manifest.json under
 "gpu_tests": {"gpu", "passed", "skipped", "failed", "seconds", "command", "parts": {part: the same counts}}, the
-top-level counts summed over the parts run so far on the release's GPU. A CI runner with a GPU runs the four parts
+top-level counts summed over the parts run so far on the release's GPU. A CI runner with a GPU runs the five parts
 (or `make test`, which is all of them in one command, where no limit applies). The exit status is pytest's.
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ PARTS = {
     "notebooks-1": [f"notebooks/{n}.ipynb" for n in ("01_patching", "02_attention", "03_transformer_block",
                                                      "04_vision_transformer", "05_training")],
     "notebooks-2": [f"notebooks/{n}.ipynb" for n in ("06_going_fast", "07_evaluation", "08_lora")],
-    "notebooks-3": [f"notebooks/{n}.ipynb" for n in ("09_distillation", "10_small_data")],
+    "notebooks-3": ["notebooks/09_distillation.ipynb"],
+    "notebooks-4": ["notebooks/10_small_data.ipynb"],
 }
 
 
@@ -79,7 +81,8 @@ def main(argv=None) -> int:
         if not junit.is_file():
             raise SystemExit(f"pytest wrote no report (exit status {rc}); nothing recorded")
         result = {**counts(junit), "seconds": round(seconds, 1),
-                  "command": " ".join(["pytest", *PARTS[a.part], *a.pytest_args])}
+                  "command": " ".join(["pytest", *PARTS[a.part], *a.pytest_args]),
+                  "date": time.strftime("%Y-%m-%d")}
     summary = record(a.part, result)
     print(f"{a.part}: {result['passed']} passed, {result['failed']} failed, {result['skipped']} skipped in {seconds:.0f} s; "
           f"recorded in release/manifest.json (parts so far: {', '.join(sorted(summary['parts']))})")

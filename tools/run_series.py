@@ -103,11 +103,12 @@ def main(argv=None) -> int:
     return 0
 
 
-# Every notebook's metadata, the same for all (tests/test_notebooks_meta.py holds them to it), and nothing in it that
-# depends on the machine that ran the notebook (no Python version). JupyterLab copies the running kernel's kernelspec
-# and language_info into a notebook it opens and marks it modified when they differ (checked in a browser with
-# tools/check_jupyterlab.py): the display name below is the one every local ipykernel reports, so only the Python
-# version, which no stored value can match on every machine, is filled in on opening.
+# Every notebook's metadata, the same for all (tests/test_notebooks_meta.py holds them to it), plus the version of the
+# Python that ran the release (language_info.version, the manifest's "python"). JupyterLab copies the running kernel's
+# kernelspec and language_info into a notebook it opens and marks it modified when they differ (checked in a browser
+# with tools/check_jupyterlab.py): the display name below is the one every local ipykernel reports, and a stored
+# version means a learner on the release's Python opens every notebook unmodified (one on another version still sees
+# the mark: no stored value matches every machine, and a missing one matches none).
 NOTEBOOK_METADATA = {
     "accelerator": "GPU",  # Colab: open on a GPU runtime
     "colab": {"provenance": []},
@@ -119,10 +120,17 @@ NOTEBOOK_METADATA = {
 }
 
 
+def notebook_metadata(python_version: str) -> dict:
+    """NOTEBOOK_METADATA with the version of the Python that ran the notebook in language_info."""
+    metadata = json.loads(json.dumps(NOTEBOOK_METADATA))
+    metadata["language_info"]["version"] = python_version
+    return metadata
+
+
 def without_volatile_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The notebook with NOTEBOOK_METADATA, and its cells without the run's timings (nbclient's 'execution' metadata),
-    so that re-running a notebook changes only its outputs."""
-    nb.metadata = nbformat.from_dict(json.loads(json.dumps(NOTEBOOK_METADATA)))
+    """The notebook with NOTEBOOK_METADATA and this Python's version, and its cells without the run's timings
+    (nbclient's 'execution' metadata), so that re-running a notebook changes only its outputs."""
+    nb.metadata = nbformat.from_dict(notebook_metadata(platform.python_version()))
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     return nb
