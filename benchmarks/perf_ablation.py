@@ -103,6 +103,20 @@ RUNS: dict[str, dict] = {
                    "set": {"budget_minutes": 0.38},
                    "est_s": 45, "why": "the sprint with a 10-epoch teacher (~5 s) and the student's budget 0.3 -> 0.38 min"},
 }
+# Issue 29's levers, measured at the 150-s target (teacher included: the 24-epoch teacher's ~11.5 s, then a 2.3-minute
+# student budget), each with seeds 0 and 1 paired (the same teacher per seed), so a row's gain is read against the
+# baseline of its own seed. At ~175 s a run (start, data and test included), one H200 holds three a command.
+SHORT = {"budget_minutes": 2.3, "epochs": 220}
+LEVERS = {
+    "base": ({}, {}, "the distilled recipe at the 150-s budget (baseline)"),
+    "spt_lsa": ({}, {"spt": True, "lsa": True}, "+ shifted patch tokens and locality self-attention (issue 27: +2.3 points at 40 epochs)"),
+    "droppath": ({"drop_path": 0.1}, {}, "+ stochastic depth 0.1 (rejected in short runs; now ~190 epochs)"),
+    "erase": ({"erase_prob": 0.25}, {}, "+ Random Erasing on 25% of the images"),
+}
+for _lever, (_set, _model, _why) in LEVERS.items():
+    for _seed in (0, 1):
+        RUNS[f"{_lever}150_s{_seed}"] = {"recipe": "distilled", "set": {**SHORT, "seed": _seed, **_set}, "model": _model,
+                                         "teacher_seed": _seed, "est_s": 190 if _model else 175, "why": f"{_why}, seed {_seed}"}
 # Which GPU runs what (GPU -> its pinned runs, in order), then the shared runs in order of priority. Every pinned
 # run marked "cold" must be the first to compile on its GPU.
 PLANS: dict[str, tuple[dict[int, list[str]], list[str]]] = {
@@ -112,6 +126,8 @@ PLANS: dict[str, tuple[dict[int, list[str]], list[str]]] = {
     # two phases: the compile-scope probes (one per GPU), then seeds 1 and 2 of the final recipe with the scope the probes
     # chose (see choose_scope), and the sprint
     "seeds": ({0: ["final_seed1"], 1: ["final_seed2", "sprint_final"]}, []),
+    # issue 29: every lever at the 150-s budget, seed 0 then seed 1 (one GPU: everything in this order; two: by seed)
+    "levers": ({0: [f"{lever}150_s0" for lever in LEVERS], 1: [f"{lever}150_s1" for lever in LEVERS]}, []),
 }
 PROBES = {0: ["probe_step"], 1: ["probe_blocks"]}
 PINNED, SHARED = PLANS["ablation"]
@@ -257,8 +273,8 @@ def worker(name: str, spec: dict, result: Path, tiny: bool, teachers: Path) -> i
                 data.test_x, data.test_y = data.test_x[:256], data.test_y[:256]
             teacher = teacher_for(spec, data, device, tiny, teachers)
             epochs = (1 if tiny else spec["epochs"]) if spec.get("epochs") else None
-            trained, _ = ts.run(spec["recipe"], data, device, epochs, tiny, None, dict(spec.get("set", {})), False, None,
-                                teacher)
+            trained, _ = ts.run(spec["recipe"], data, device, epochs, tiny, None, dict(spec.get("set", {})), False,
+                                spec.get("model") or None, teacher)
             trained.update(teacher_reused=teacher["reused"], teacher_seed=spec.get("teacher_seed", 0),
                            teacher_test_acc=teacher["test_acc"], teacher_epochs=teacher["epochs"],
                            teacher_params=teacher.get("params"), teacher_flops_per_image=teacher["flops_per_image"])
@@ -456,7 +472,8 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny models and random images on the CPU (seconds): checks the script")
     p.add_argument("--list", action="store_true", help="print the plan with its estimates and exit")
     p.add_argument("--plan", choices=sorted(PLANS), default="ablation",
-                   help="ablation: the levers side by side (run 11); seeds: the final recipe's seeds 1 and 2, one per GPU")
+                   help="ablation: the levers side by side (run 11); seeds: the final recipe's seeds 1 and 2, one per GPU; "
+                        "levers: issue 29's levers at the 150-s budget, seeds 0 and 1")
     p.add_argument("--only", default=None, help="comma-separated run names: the plan keeps only these (in its order)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one spec in this process
     p.add_argument("--spec", help=argparse.SUPPRESS)
