@@ -205,8 +205,11 @@ def test_the_gpu_test_run_is_recorded_without_failures():
         pytest.skip("release/manifest.json has no GPU test run yet: python tools/gpu_tests.py PART on the release's GPU")
     record = m["gpu_tests"]
     assert record["gpu"] == m["gpu"]
-    assert set(record["parts"]) <= set(gpu_tests.PARTS) and "units" in record["parts"]
+    assert record["parts"] and set(record["parts"]) <= set(gpu_tests.PARTS), f"unknown parts: {sorted(record['parts'])}"
     for key in ("passed", "skipped", "failed"):
         assert record[key] == sum(p[key] for p in record["parts"].values())
     assert record["failed"] == 0 and all(p["failed"] == 0 for p in record["parts"].values()), f"failures on the GPU: {record}"
-    assert record["passed"] > 0
+    assert all(p["passed"] > 0 for p in record["parts"].values())
+    missing = sorted(set(gpu_tests.PARTS) - set(record["parts"]))
+    if missing:  # each part is a command of its own (tools/gpu_tests.py); the release records them as they pass
+        pytest.skip(f"the GPU run has no record yet of {', '.join(missing)}: python tools/gpu_tests.py PART on the release's GPU")

@@ -1,20 +1,25 @@
 # %% [markdown]
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/vit-from-scratch/vit-from-scratch/blob/main/notebooks/06_going_fast.ipynb)
 #
-# # 06 · Going fast: the same training step, one change at a time, each one measured
+# # 06 · Going fast: your training step, one change at a time, each one measured
 #
 # Notebook 05 trained the article's model with the `fast` recipe in a few minutes; the article's own
 # recipe needs well over an hour for its 150 epochs (about 85 minutes at the 1,322 images/s that rung 1
-# below measures on this release's NVIDIA H200, evaluation left out). None of that difference comes from
-# the algorithm: the step that 05 wrote by hand is the step that runs here too. This notebook starts from
-# the article's setup and makes **one change at a time** to *how* the step runs, measuring images per
-# second after each, then asks where the remaining time goes.
+# below measured on the 2026-12-01 release's NVIDIA H200, evaluation left out). None of that difference
+# comes from the algorithm: it is the step you wrote in 05, run differently. This notebook starts from the
+# article's setup and makes **one change at a time** to *how* your step runs. You write each change
+# yourself: bf16 autocast around your loss, one `torch.compile` call, a CUDA graph captured by hand. Each
+# one is checked (the same loss from the same weights and the same batch, to a stated tolerance) and timed
+# in images per second next to the package's version of the same rung, which the ladder then records.
+# Then the notebook asks where the remaining time goes.
 #
 # **You will learn**
 # - how to time code that runs on a GPU (it runs behind the CPU), and why warm-up steps are left out;
 # - what each speed-up removes: per-step overhead and CPU image decoding (big batches, augmentation on the
 #   GPU), memory traffic (bf16, kernel fusion with `torch.compile`), kernel-launch overhead (a CUDA graph);
-# - how to read a profile of one step: kernels per step, the GPU's busy time against the wall-clock time;
+# - how to write each of them on your own step: `torch.autocast`, `torch.compile`, and a whole-step CUDA
+#   graph with static input buffers, a warm-up on a side stream and a capturable optimizer;
+# - how to read a profile of one step, and how to measure the GPU's own time with CUDA events;
 # - FLOPs per image, the measured matrix-multiply rate, MFU, and why a model of width 256 stays far from the peak;
 # - how a time budget fits a run to a slower GPU (a Colab T4), and how training spreads over several GPUs.
 
@@ -34,21 +39,24 @@ if importlib.util.find_spec("vit_helpers") is None:
         raise ModuleNotFoundError("vit_helpers is not installed: run `make run` or `pip install -e .` in the repository root")
 
 # %%
-import inspect
+import copy
 import json
 import os
+import statistics
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 
 import vit_helpers as vh
 from vit_helpers import paths, runtime, speed
 from vit_helpers.data import load_cifar10
-from vit_helpers.graphed import GraphedStep
-from vit_helpers.train import Pace, make_batches, recipe
+from vit_helpers.step import TrainStep
+from vit_helpers.train import Pace, make_batches, param_groups, recipe
 
 runtime.print_mode()
 device = runtime.DEVICE
@@ -103,46 +111,156 @@ print(f"a @ a returned after {returned * 1e3:.2f} ms; its result was ready after
 # GPU after Python had moved on: that is the asynchrony. On a CPU the two times are the same, because
 # the CPU computes as it goes.
 #
-# Both effects shape the timing function this notebook uses: a few untimed **warm-up** steps first
-# (the first steps pay one-time costs like the 94 ms above: they allocate memory, pick algorithms and,
-# later, compile), then a fixed number of steps between two synchronisations. Every timing after this
-# cell is warmed up this way:
+# Both effects shape the timer. A few untimed **warm-up** calls come first (the first calls pay one-time
+# costs like the 94 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
+# is read after a synchronisation, a fixed number of calls run, and the clock is read again after another
+# synchronisation, so that the last call's work is inside the measurement (`speed.synchronize(device)`
+# calls `torch.cuda.synchronize()` on a GPU and does nothing on a CPU). Written out, for a `step()` that
+# trains on `batch_size` images:
 
 # %%
-print(inspect.getsource(speed.images_per_second))
+def my_images_per_second(step, batch_size, steps, warmup):
+    """Images per second of step(): `warmup` untimed calls, then `steps` timed ones between two synchronisations."""
+    for _ in range(warmup):
+        step()
+    speed.synchronize(device)  # the warm-up's work must not fall inside the timing
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    speed.synchronize(device)  # wait for the last call's kernels before reading the clock
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+steps, warmup = (20, 3) if GPU else (4, 1)
+mine = [my_images_per_second(lambda: a @ a, 1, steps, warmup) for _ in range(3)]
+package = [speed.images_per_second(lambda: a @ a, 1, steps=steps, warmup=warmup, device=device) for _ in range(3)]
+for name, rates in [("yours", mine), ("vit_helpers.speed.images_per_second", package)]:
+    print(f"{name}: {statistics.median(rates):,.1f} multiplies/s (three runs: {', '.join(f'{r:,.1f}' for r in rates)})")
 
 # %% [markdown]
-# ## A rig: the recipe's step, with some fields changed
-# Each rung of the ladder is the recipe with a few fields of its config changed. `speed.make_step_fn`
-# builds exactly what `train()` builds for that config (the same batches with `make_batches`, the same
-# step with `make_step`) and returns a function that trains one step on the next batch. `make_step` is
-# the package's function that builds the step object for a config: the plain `TrainStep` (05's step,
-# compiled or not), or, where the config asks for a CUDA graph, a `GraphedStep` (rung 5). A step object
-# is called as `step(batch, lr)`. Its `step.epoch(batches)` gives, one by one, what the step takes
-# each time: for the plain step the batches themselves; for the graphed step the batches' **draws**,
-# the random numbers a batch is made from (which images, their crops, flips and augmentations, the
-# mix row), since that step makes the batch itself:
+# The two timers are the same loop, and they agree to within the spread of their own three runs: a
+# timing is a measurement with noise, which is why this notebook repeats the ones it compares closely.
+# From here on `speed.images_per_second` times every rung. Its sibling `speed.median_seconds` times each
+# call on its own, between two synchronisations, and returns the median over the calls; the
+# matrix-multiply rates below use it, since one slow call (another process taking the GPU or the CPU for
+# a moment) then cannot move the result.
+#
+# ## Your step from 05, without the wait
+# Notebook 05's `training_step` ended with `return loss.item()`. Reading a number from the GPU makes the
+# CPU wait until the GPU has finished everything queued so far (a **host sync**), so at every step the
+# CPU stops queueing the next step's kernels until the GPU has caught up. Here the step returns the loss
+# as a tensor on the device, to be read only when it is needed. The loss gets its own function, because
+# the next rungs change only that: the step takes it as an argument. The optimizer is 05's AdamW with
+# its two parameter groups (05 showed your `my_param_groups` equal to the package's `param_groups`,
+# imported here); on a GPU it is **fused**: one kernel updates all the weights, instead of several
+# kernels per weight tensor.
 
 # %%
-print(inspect.getsource(speed.make_step_fn))
+def plain_loss(model, x, y, cfg):
+    """Mean cross-entropy of model(x) against y: class indices (B,) or soft labels (B, K)."""
+    return F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+
+
+def training_step(model, optimizer, x, y, lr, cfg, loss_fn=plain_loss):
+    """05's step: the loss comes from loss_fn and is returned as a tensor (no wait for the GPU)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = loss_fn(model, x, y, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+def make_optimizer(model, cfg):
+    """05's AdamW with two parameter groups; fused (one kernel for all the weights) on a GPU."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=GPU)
 
 # %% [markdown]
-# `measure` trains a fresh model (same seed) for the warm-up and the timed steps of one rung, and adds
-# the result to the ladder. A GPU step is short, so it times 30 steps after 5 warm-up steps (the
-# warm-up of a compiled step includes compiling); a CPU step is slow, so 4 after 1:
+# The package's step is `vit_helpers.step.TrainStep`: the step that `train()` runs, and so the one that
+# gave the same weights as your `fit` in 05. It is built from a model, a config and a device, and called
+# as `step((x, y), lr)`; it keeps the epoch's summed loss on the device in `step.totals`. One step of
+# each, from the same weights on the same batch of this mode's recipe (the first batch that
+# `make_batches` makes, the package's batches that 05 compared with yours), in float32 and eager (every
+# operation launched from Python as it comes). The check: the same loss and the same weights afterwards,
+# to 1e-5:
+
+# %%
+LR, TOL = cfg.lr, {"same": 1e-5, "same in bf16": 1e-4, "bf16 vs fp32": 1e-2, "compiled vs eager": 2e-3, "graphed vs eager": 2e-3}
+eager_cfg = cfg.replace(precision="fp32", compile=False, cuda_graph=False)
+x, y = next(iter(make_batches(data, eager_cfg, device, args.n_classes)[0]))  # one batch of the recipe's, on the device
+torch.manual_seed(0)
+ref = vh.VisionTransformer(args).to(device)  # the weights every check starts from
+with torch.no_grad():
+    ref_loss = plain_loss(ref, x, y, cfg).item()
+
+
+def fresh(rung_cfg):
+    """A copy of the reference weights and a new optimizer for them."""
+    model = copy.deepcopy(ref)
+    return model, make_optimizer(model, rung_cfg)
+
+
+def check(name, loss, expected, tol):
+    gap = abs(loss - expected)
+    print(f"{name}: loss {loss:.6f} against {expected:.6f}, difference {gap:.1e} (tolerance {tol:g}): {'OK' if gap <= tol else 'FAILED'}")
+    assert gap <= tol, f"{name}: the loss differs by {gap:.2e}, more than {tol:g}"
+
+
+mine_model, mine_opt = fresh(eager_cfg)
+mine_loss = training_step(mine_model, mine_opt, x, y, LR, eager_cfg).item()
+pkg_model = copy.deepcopy(ref)
+pkg = TrainStep(pkg_model, eager_cfg, device)
+pkg((x, y), LR)
+check("your plain step against TrainStep", mine_loss, (pkg.totals[0] / len(x)).item(), TOL["same"])
+check("your plain step against the reference weights' loss", mine_loss, ref_loss, TOL["same"])
+gap = max((p - q).abs().max().item() for p, q in zip(mine_model.parameters(), pkg_model.parameters()))
+print(f"largest weight difference after the step: {gap:.1e}")
+assert gap <= TOL["same"]
+
+# %% [markdown]
+# Same loss, same weights after the update: your step and the package's compute the same thing. That is
+# the pattern for every rung below: you write the change on your step, check its loss against the step
+# it replaces (starting from the same weights `ref`, on the same batch `x, y`), time it, and then time
+# the package's version of the rung.
+#
+# ## Measuring a rung
+# Your step is timed on the batches `train()` makes for the rung's config (`make_batches`, the package's
+# version of 05's batches), epoch after epoch: `on_batches` returns a function that runs your step on the
+# next one. The package's rung is timed by `measure`: `speed.make_step_fn(model, data, cfg, device)`
+# builds what `train()` builds for a config (the same batches, and the package's step with that config's
+# precision and compile settings) and returns a function that trains one step on the next batch.
+# `measure` times it on a fresh model (same seed) and adds it to the **ladder**, the table of rungs this
+# notebook fills, with your step's rate beside it when there is one. A GPU step is short, so each timing
+# takes 30 steps after 5 warm-up steps (the warm-up of a compiled step includes compiling); a CPU step is
+# slow, so 4 after 1:
 
 # %%
 ladder = speed.SpeedLadder.here(device, MODEL, cfg.batch_size)
 STEPS, WARMUP = (30, 5) if GPU else (4, 1)
 
 
-def measure(name, rung_cfg, steps=STEPS, warmup=WARMUP):
-    """Time `steps` steps of `rung_cfg` on a fresh model after `warmup` steps; add the images/s to the ladder."""
+def on_batches(my_step, rung_cfg):
+    """A function that runs my_step(x, y) on the next batch train() makes for rung_cfg, epoch after epoch."""
+    batches, _, _ = make_batches(data, rung_cfg, device, args.n_classes)
+
+    def forever():
+        while True:
+            yield from batches
+
+    it = forever()
+    return lambda: my_step(*(t.to(device, non_blocking=True) for t in next(it)))
+
+
+def measure(name, rung_cfg, mine=None, steps=STEPS, warmup=WARMUP):
+    """Time the package's step for rung_cfg on a fresh model and add it to the ladder; `mine`: your step's images/s."""
     torch.manual_seed(0)
     step, _ = speed.make_step_fn(vh.VisionTransformer(args), data, rung_cfg, device)
     ips = speed.images_per_second(step, rung_cfg.batch_size, steps=steps, warmup=warmup, device=device)
     ladder.add(name, ips)
-    print(f"{name}: {ips:,.0f} images/s, {rung_cfg.batch_size / ips * 1e3:.1f} ms per step of {rung_cfg.batch_size} images")
+    print(f"{name}: {ips:,.0f} images/s, {rung_cfg.batch_size / ips * 1e3:.1f} ms per step of {rung_cfg.batch_size} images"
+          + (f"; your step: {mine:,.0f} images/s ({mine / ips:.2f}x the package's)" if mine else ""))
     return step
 
 # %% [markdown]
@@ -150,26 +268,38 @@ def measure(name, rung_cfg, steps=STEPS, warmup=WARMUP):
 # The article decodes every image into a PIL image and transforms it (flip, resized crop) in `DataLoader`
 # worker processes on the CPU, 16 images per step, in float32 (**fp32**: 32-bit floating point), every
 # PyTorch operation launched from Python one at a time (**eager** execution). 45,000 images at batch 16
-# are 2,812 steps per epoch, each paying the full cost of launching the model's few hundred kernels:
+# are 2,812 steps per epoch, each paying the full cost of launching the model's few hundred kernels.
+# These are settings of the data, not of the step (05 wrote both pipelines): your plain step on the
+# article's batches, then the package's:
 
 # %%
 article_cfg = cfg.replace(batch_size=16, pipeline="classic", augment="article", mix_prob=0.0, precision="fp32",
                           compile=False, cuda_graph=False, num_workers=min(4, os.cpu_count() or 1))
-_ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, steps=50 if GPU else 10, warmup=10 if GPU else 3)
+article_steps, article_warmup = (50, 10) if GPU else (10, 3)
+art_model, art_opt = fresh(article_cfg)
+mine = speed.images_per_second(on_batches(lambda x, y: training_step(art_model, art_opt, x, y, LR, article_cfg), article_cfg),
+                               article_cfg.batch_size, steps=article_steps, warmup=article_warmup, device=device)
+_ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, mine, steps=article_steps, warmup=article_warmup)
 
 # %% [markdown]
-# That is the starting point, in images per second of this machine.
+# That is the starting point, in images per second of this machine. Your step and the package's do the
+# same work, so they should run at the same speed: on a GPU to within a few percent. On a CPU shared with
+# other work the timings scatter far more (compare the timer's three runs above), so there a ratio well
+# away from 1 is noise, not a difference between the steps.
 #
 # ## Rung 2: big batches, augmented on the GPU
 # Two changes that belong together. The data is decoded *once* into a uint8 tensor that lives on the
 # device (150 MB for CIFAR-10), and each batch is cut and augmented there by a few tensor operations on
 # the whole batch (crop, flip, TrivialAugment, MixUp/CutMix: `GPUBatches`, notebook 05). With images that
 # cheap to make, the batch grows to the recipe's: a launch now drives work on 512 images instead of 16,
-# so the fixed cost of each step is shared by 32 times more images.
+# so the fixed cost of each step is shared by 32 times more images. Your plain step again, on these
+# batches (`run_plain` stays for the profile below), then the package's:
 
 # %%
-eager_cfg = cfg.replace(precision="fp32", compile=False, cuda_graph=False)
-eager_step = measure(f"batch {cfg.batch_size}, augmented on the {'GPU' if GPU else 'CPU'}, fp32, eager", eager_cfg)
+plain_model, plain_opt = fresh(eager_cfg)
+run_plain = on_batches(lambda x, y: training_step(plain_model, plain_opt, x, y, LR, eager_cfg), eager_cfg)
+mine = speed.images_per_second(run_plain, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
+eager_step = measure(f"batch {cfg.batch_size}, augmented on the {'GPU' if GPU else 'CPU'}, fp32, eager", eager_cfg, mine)
 
 # %% [markdown]
 # Which of the two changes matters? Timing the two input pipelines alone, without any model, at the same
@@ -213,21 +343,51 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
     info = torch.finfo(dtype)
     print(f"{str(dtype):15} {info.bits} bits, largest {info.max:.2e}, relative step {info.eps:.1e}: 1 + 1/300 = {(1 + torch.tensor(1 / 300, dtype=dtype)).item():.6f}")
 
+
 # %% [markdown]
 # bf16 cannot tell 1 from 1.0033, but a network's activations and gradients tolerate that noise. float16
 # is more precise but has a small range: it overflows beyond 65,504, and gradients smaller than about
 # 6e-8 become 0. So older GPUs without bf16 (a T4) train in float16 with a **GradScaler**: it multiplies
 # the loss by a large factor before the backward pass, so that small gradients stay above that floor,
 # and divides the gradients by the same factor before the optimizer step. bf16 has float32's range, so it
-# needs none. The plain step's method `TrainStep.loss` (the forward pass and the loss, in
-# `vit_helpers/step.py`) wraps the forward pass in `torch.autocast(device, dtype=torch.bfloat16)` when
-# the config says `precision="auto"`:
+# needs none.
+#
+# Your rung: the same loss, computed inside `torch.autocast`. Only the forward pass and the loss go in
+# the context; the backward pass runs each operation in the precision its forward pass used, and the
+# optimizer updates the float32 weights. `cache_enabled=False` turns off autocast's cache of the bf16
+# copies of the weights, which changes no number; rung 5 records this loss in a CUDA graph, and PyTorch's
+# CUDA-graph notes ask for the cache to be off there:
 
 # %%
+def bf16_loss(model, x, y, cfg):
+    """plain_loss, with the matrix multiplies in bf16 (autocast) and the weights kept in float32."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        return F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)  # autocast computes it in float32
+
+# %% [markdown]
+# The checks, from the same weights on the same batch: against the float32 loss, with a tolerance of 1e-2
+# (bf16 keeps about 3 significant digits, so the loss may move in its third or fourth); and against the
+# package's step with `precision="auto"`, which puts the same context around its forward pass
+# (`TrainStep.loss`), so the two should agree as closely as the float32 steps did. Then the speed: your
+# bf16 step (`run_bf16`), and the package's.
+
+# %%
+bf16_cfg = eager_cfg.replace(precision="auto")
 if GPU:
-    bf16_step = measure("+ bf16 autocast", eager_cfg.replace(precision="auto"))
+    bf16_model, bf16_opt = fresh(bf16_cfg)
+    bf16_ref = training_step(bf16_model, bf16_opt, x, y, LR, bf16_cfg, bf16_loss).item()
+    check("your bf16 step against float32", bf16_ref, ref_loss, TOL["bf16 vs fp32"])
+    pkg = TrainStep(copy.deepcopy(ref), bf16_cfg, device)
+    pkg((x, y), LR)
+    # The same bf16 arithmetic in two places can round differently (the H200 gave 2.15e-05): hence "same in bf16".
+    check("your bf16 step against TrainStep(precision='auto')", bf16_ref, (pkg.totals[0] / len(x)).item(), TOL["same in bf16"])
+    bf16_model, bf16_opt = fresh(bf16_cfg)
+    run_bf16 = on_batches(lambda x, y: training_step(bf16_model, bf16_opt, x, y, LR, bf16_cfg, bf16_loss), bf16_cfg)
+    mine = speed.images_per_second(run_bf16, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
+    bf16_step = measure("+ bf16 autocast", bf16_cfg, mine)
 else:
-    print("not measured here: autocast to bf16 runs on a CUDA GPU in this project (on this CPU the step stays float32)")
+    print("not run here: autocast to bf16 needs a CUDA GPU in this project. On a GPU this cell checks your bf16 "
+          "loss against float32 (to 1e-2) and against the package's bf16 step, then times both.")
 
 # %% [markdown]
 # ## Where the time goes: a profile of one step
@@ -236,107 +396,240 @@ else:
 # **busy time** (the kernels' summed duration: when the GPU computes) and the wall-clock time. On a CPU
 # there are no kernels; it counts PyTorch operators instead (each one a trip from Python through
 # PyTorch's dispatcher, the CPU's counterpart of a launch). If busy time is far below the step time, the
-# device is waiting for the CPU to queue the next kernel: the step is **launch-bound**.
+# device is waiting for the CPU to queue the next kernel: the step is **launch-bound**. The step
+# profiled is your fastest so far: `run_bf16` on a GPU, `run_plain` on a CPU.
 
 # %%
-profiled = bf16_step if GPU else eager_step
+profiled = run_bf16 if GPU else run_plain
 prof = speed.profile_step(profiled, device=device, steps=3)
 step_ms = 1e3 * ladder.batch_size / ladder.rows[-1]["images_per_s"]  # the last rung, timed without the profiler
 what = "kernels" if GPU else "operators"
 share = prof.busy_ms / prof.wall_ms  # both from the profiled steps
-print(f"{ladder.rows[-1]['step']}: {prof.items:,} {what} per step; busy {prof.busy_ms:.1f} ms of {prof.wall_ms:.1f} ms under the "
+print(f"your {'bf16' if GPU else 'plain'} step: {prof.items:,} {what} per step; busy {prof.busy_ms:.1f} ms of {prof.wall_ms:.1f} ms under the "
       f"profiler ({share:.0%}; {step_ms:.1f} ms without it): {'launch-bound, the device waits' if share < 0.6 else 'the device is busy most of the step'}")
 print(prof.table(rows=8))
 
 # %% [markdown]
-# The profiler itself slows the CPU side: it records every operation, so the profiled step took 51.1 ms
-# against 19.5 ms without it, while the kernels it times still run on the GPU at their own speed. The
-# 21% therefore understates how busy the GPU normally is. Against the unprofiled 19.5 ms the same 10.8 ms is about 55%:
-# the GPU still sits idle almost half of every step, waiting for Python to launch the next kernel, so
-# the verdict holds. The table lists the kernels that take the most GPU time. The top one,
-# `GammaBetaBackward` (18%), is part of LayerNorm's backward pass (the gradients of its scale and shift);
-# with LayerNorm's forward (`vectorized_layer_norm`) and its other backward kernel
-# (`layer_norm_grad_input`), LayerNorm takes about 29% of the busy time, more than attention.
+# The profiler itself slows the CPU side: it records every operation, so the profiled step takes well
+# over twice as long as without it (51.1 ms against 19.5 ms in the release's run), while the kernels it
+# times still run on the GPU at their own speed. The share it prints therefore understates how busy the
+# GPU normally is; set the busy time against the step time without the profiler instead (about 55% in the
+# release's run): the GPU still sits idle for a large part of every step, waiting for Python to launch
+# the next kernel, so the verdict holds. The table lists the kernels that take the most GPU time. In the
+# release's run the top one was `GammaBetaBackward` (18%), part of LayerNorm's backward pass (the
+# gradients of its scale and shift); with LayerNorm's forward (`vectorized_layer_norm`) and its other
+# backward kernel (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than
+# attention.
 #
-# On a GPU the article's small model launches hundreds of kernels per step (702 here), many of them tiny
-# elementwise ones (additions, GELU, LayerNorm, copies), each from Python, and the GPU idles between
-# them whenever Python is slower than the GPU. On a CPU the same step is dominated by its matrix multiplies
-# (`aten::linear`, `aten::mm`) and the device is busy all the time: the CPU computes as it dispatches.
-# The next two rungs attack the kernel count and the launches.
+# The busy time is a sum of the durations the profiler recorded, kernel by kernel: good for comparing
+# two steps profiled the same way, not an exact clock of the GPU. Kernels that overlap (on different
+# streams) are each counted in full, and tracing stretches each kernel a little. Where the exact figure
+# matters (rung 5), we measure the GPU's own time directly with CUDA events.
+#
+# On a GPU the article's small model launches hundreds of kernels per step (702 in the release's run),
+# many of them tiny elementwise ones (additions, GELU, LayerNorm, copies), each from Python, and the GPU
+# idles between them whenever Python is slower than the GPU. On a CPU the same step is dominated by its
+# matrix multiplies (`aten::linear`, `aten::mm`) and the device is busy all the time: the CPU computes as
+# it dispatches. The next two rungs attack the kernel count and the launches.
 #
 # ## Rung 4: `torch.compile`
-# `torch.compile` reads the Python code of the model and the loss once, builds a graph of its tensor
-# operations, and generates new kernels (on a GPU, its code generator "inductor" writes them in
-# **Triton**, a language for writing GPU kernels from Python) in which chains of elementwise operations
-# are **fused**: a residual addition, a LayerNorm and a GELU become one kernel that reads its input once
-# and writes its output once, instead of several kernels each writing an intermediate result to GPU
-# memory and reading it back. Fewer kernels, fewer launches, less memory traffic. The price is the compile
-# itself, tens of seconds at the first step (the warm-up here). The recipe sets `compile=True`; the
-# augmentation is compiled too:
+# `torch.compile` reads the Python code of a function once, builds a graph of its tensor operations, and
+# generates new kernels (on a GPU, its code generator "inductor" writes them in **Triton**, a language for
+# writing GPU kernels from Python) in which chains of elementwise operations are **fused**: a residual
+# addition, a LayerNorm and a GELU become one kernel that reads its input once and writes its output once,
+# instead of several kernels each writing an intermediate result to GPU memory and reading it back. It
+# also derives the backward pass of what it compiled, fused the same way. Fewer kernels, fewer launches,
+# less memory traffic. The price is the compile itself, tens of seconds at the first call.
+#
+# Your rung is one call: compile your bf16 loss (the model's forward pass and the loss). The step around
+# it stays plain Python; the optimizer is already one fused kernel. The first step compiles (timed below);
+# then the check against your eager bf16 step from the same weights, to 2e-3 (the fused kernels round in
+# another order), and the speed, yours and the package's. The package's compiled rung also compiles the
+# batch making (`make_batches` does, for a config with `compile=True`), so both steps here get their
+# batches from the same compiled augmentation:
 
 # %%
+compiled_cfg = bf16_cfg.replace(compile=True)
 if GPU:
-    compiled_step = measure("+ torch.compile", eager_cfg.replace(precision="auto", compile=True))
-    compiled = speed.profile_step(compiled_step, device=device, steps=3)
+    # inductor suggests TF32 for float32 matrix multiplies; under bf16 autocast there are none to speed up
+    warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*", category=UserWarning)
+    compiled_loss = torch.compile(bf16_loss)
+    c_model, c_opt = fresh(compiled_cfg)
+    t0 = time.perf_counter()
+    compiled_ref = training_step(c_model, c_opt, x, y, LR, compiled_cfg, compiled_loss).item()
+    print(f"first call of the compiled loss, compiling included: {time.perf_counter() - t0:.1f} s")
+    check("your compiled step against your eager bf16 step", compiled_ref, bf16_ref, TOL["compiled vs eager"])
+    run_compiled = on_batches(lambda x, y: training_step(c_model, c_opt, x, y, LR, compiled_cfg, compiled_loss), compiled_cfg)
+    mine = speed.images_per_second(run_compiled, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
+    compiled_step = measure("+ torch.compile", compiled_cfg, mine)
+    compiled = speed.profile_step(run_compiled, device=device, steps=3)
     print(f"kernels per step: {prof.items:,} eager, {compiled.items:,} compiled; busy {compiled.busy_ms:.1f} ms "
           f"of a {1e3 * cfg.batch_size / ladder.rows[-1]['images_per_s']:.1f} ms step")
 else:
-    print("not measured here: this project compiles the step only on a CUDA GPU (make_step drops compile on a CPU)")
+    print("not run here: this project compiles only on a CUDA GPU. On a GPU this cell compiles your bf16 loss, "
+          "checks the compiled step's loss against your eager bf16 step (to 2e-3), times both, and profiles yours.")
 
 # %% [markdown]
-# Compiling cut the kernels per step from 702 to 467 but raised the speed only 12% (26,192 to 29,435
-# images/s). The step is still launch-bound: every remaining kernel is still launched from Python, one at
-# a time, and the GPU is busy for only 6.1 ms of the 17.4 ms step (the busy time under the profiler,
-# the step time without it).
+# In the release's run, compiling cut the kernels per step from 702 to 467 but raised the speed only 12%
+# (26,192 to 29,435 images/s). The step is still launch-bound: every remaining kernel is still launched
+# from Python, one at a time, and the profiler counts only about a third of the step as GPU work (6.1 ms
+# of a 17.4 ms step there).
 #
 # ## Rung 5: the whole step as one CUDA graph
 # Even compiled, a step still launches its kernels (the count above) one by one from Python: the forward
-# and backward pass, the gradient clipping, the AdamW update, the batch making. A **CUDA graph** records the kernels of
-# one step once, with their arguments and memory addresses, and then *replays* the whole recording with
-# a single launch. The CPU's work per step shrinks to copying the next batch's draws (its random numbers,
-# above) into place.
+# and backward pass, the gradient clipping, the AdamW update. A **CUDA graph** records the kernels of one
+# step once, with their arguments and memory addresses, and then *replays* the whole recording with a
+# single launch. The CPU's work per step shrinks to putting the next batch in place and launching the
+# replay.
 #
-# Recording has rules: every step must run the same kernels on the same addresses, so shapes are fixed
-# (full batches only), the random draws of an epoch are made up front, and nothing inside the step may
-# read a GPU value on the CPU (a **host sync**: `loss.item()`, printing a tensor, a Python `if` on a
-# tensor), because that would force the CPU to wait for the GPU in the middle of the step. The loss is
-# therefore summed on the GPU and read once per epoch. `GraphedStep` (`vit_helpers/graphed.py`) records
-# the plain step at its first call and replays it after; its `draws` argument is what its `epoch` gives
-# for each batch:
+# Recording has rules, and each one shapes the code below (it follows the "whole-network capture" example
+# of PyTorch's CUDA-graph notes):
+# - **Fixed addresses.** A replay reads its inputs from the addresses it recorded, so the step reads
+#   **static buffers**: `static_x` and `static_y` for the batch, and the learning rate as a tensor,
+#   `static_lr`. Before each replay the next batch is *copied into* them. Shapes are fixed too: full
+#   batches only.
+# - **A capturable optimizer.** AdamW keeps its step count on the CPU by default and reads the learning
+#   rate as a Python number, both of which a replay would never see change. `capturable=True` keeps the
+#   step count on the GPU, and `lr=static_lr` makes the rate a tensor the graph reads.
+# - **Warm-up first, on a side stream.** The first calls compile, pick kernels and create AdamW's state
+#   (its running averages): none of that can happen during recording. PyTorch asks for these calls on a
+#   separate CUDA stream (`s`), which first waits for the work already queued. The warm-up runs at
+#   learning rate 0, so it leaves the weights where they were and the checks below still start from `ref`.
+# - **No host sync inside the step**: no `loss.item()`, no printing a tensor, no Python `if` on a tensor.
+#   Your step already returns the loss as a tensor; after recording, `static_loss` is the tensor the
+#   graph writes it into.
+#
+# The step recorded is your compiled bf16 step, so this rung adds only the graph:
 
 # %%
-print(inspect.getsource(GraphedStep.__call__))
+def record(model, optimizer, static_x, static_y, static_lr, cfg, loss_fn, warmup=3):
+    """Warm training_step up on a side stream, then record one call of it as a CUDA graph: (graph, static loss)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())  # the side stream starts after the work already queued
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            training_step(model, optimizer, static_x, static_y, static_lr, cfg, loss_fn)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):  # records the kernels; nothing runs until g.replay()
+        static_loss = training_step(model, optimizer, static_x, static_y, static_lr, cfg, loss_fn)
+    return g, static_loss
+
+
+if GPU:
+    g_model = copy.deepcopy(ref)
+    static_lr = torch.tensor(0.0, device=device)  # lr 0 for the warm-up; filled in place before every replay
+    g_opt = torch.optim.AdamW(param_groups(g_model, cfg.weight_decay), lr=static_lr, betas=cfg.betas, fused=True, capturable=True)
+    static_x, static_y = x.clone(), y.clone()  # the graph's input buffers: images (B, 3, 32, 32) and labels
+    g, static_loss = record(g_model, g_opt, static_x, static_y, static_lr, cfg, compiled_loss)
+
+    def graphed_step(x, y, lr):
+        """One training step by replaying the graph on batch (x, y); returns the loss tensor the graph writes."""
+        static_x.copy_(x)
+        static_y.copy_(y)
+        static_lr.fill_(lr)
+        g.replay()
+        return static_loss
+
+    moved = max((p - q).abs().max().item() for p, q in zip(g_model.parameters(), ref.parameters()))
+    print(f"recorded; the warm-up at lr 0 moved the weights by at most {moved:.1e}")
+else:
+    print("not run here: CUDA graphs need a CUDA GPU. On a GPU this cell warms your compiled bf16 step up on a side "
+          "stream (lr 0), records it with torch.cuda.graph, and defines graphed_step(x, y, lr): copy the batch into "
+          "the static buffers, fill the lr tensor, replay.")
 
 # %% [markdown]
-# `cuda_graph=True` is the last field the fast recipe sets, so in full mode this rung is the recipe itself:
+# The checks: the first replay, on the reference batch, must give the loss your eager bf16 step gave from
+# the same weights (to 2e-3, as for compiling); then the speed. Here the batch is made outside the graph
+# (by the compiled augmentation, as in rung 4) and copied in.
+#
+# The same cell measures how busy the GPU is, without the profiler. A **CUDA event** is a marker put in
+# the GPU's queue; the GPU stamps it with its own clock when it reaches it. Events recorded just before
+# and just after one replay, on an idle GPU, give the time the GPU takes to run the whole graph. If the
+# training loop's time per replay equals that, the GPU is never idle between replays: the CPU is no
+# longer the limit.
+
+# %%
+def gpu_ms(fn, reps=20):
+    """Median GPU time of fn(), in ms: CUDA events recorded before and after it, with nothing else queued."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+graph_cfg = compiled_cfg.replace(cuda_graph=True)  # the recipe's speed settings: the package's rung 5
+if GPU:
+    check("your graphed step against your eager bf16 step", graphed_step(x, y, LR).item(), bf16_ref, TOL["graphed vs eager"])
+    run_graphed = on_batches(lambda x, y: graphed_step(x, y, LR), compiled_cfg)
+    mine_graphed = speed.images_per_second(run_graphed, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
+    replay_gpu_ms = gpu_ms(g.replay)
+    replay_wall_ms = 1e3 / speed.images_per_second(g.replay, 1, steps=100, warmup=5, device=device)
+    print(f"one replay: {replay_gpu_ms:.2f} ms of GPU time (CUDA events); {replay_wall_ms:.2f} ms per replay back to back; "
+          f"your whole graphed step, batch making included: {1e3 * cfg.batch_size / mine_graphed:.2f} ms")
+else:
+    print("not run here (no CUDA GPU): on a GPU this cell checks the first replay's loss against your eager bf16 step, "
+          "times your graphed step, and compares a replay's GPU time (CUDA events) with its wall time")
+
+# %% [markdown]
+# A replay back to back takes as long as the GPU needs for it: the launches no longer hold the GPU back,
+# and the step is now limited by the GPU's own work. (An earlier version of this notebook set the graphed
+# step's time against the busy time the profiler had summed for the *compiled* step, and found the step
+# shorter than its own GPU work; that compared two different steps, one of them measured under the
+# profiler. The events measure the graph itself.) What remains outside the graph in your step is making
+# the batch and copying it in: the difference between your whole step and a replay.
+#
+# The package goes one step further: its graph records the batch making too. That is `GraphedStep`
+# (`vit_helpers/graphed.py`), your recipe above plus that: it holds the same kind of static buffers, a
+# capturable AdamW with its learning rate in a tensor, a warm-up on a side stream, then `torch.cuda.graph`.
+# Instead of a ready batch, its buffers hold the batch's **draws**: the random numbers a batch is made
+# from (which images, their crops, flips and augmentations, the mix row), drawn for a whole epoch at
+# once by `GPUBatches.plan()` (05's batches are a function of these draws). Each step copies the next
+# draws in, and the replay makes the batch and trains on it. After its warm-up it also puts the weights
+# and the optimizer's state back, where yours used lr 0. `train()` builds its step with `make_step`
+# (`vit_helpers/step.py`): a `GraphedStep` where the config says `cuda_graph=True` and the device
+# allows it, else a `TrainStep`; `make_step_fn` does the same, and iterates `step.epoch(batches)`, which
+# is the batches for a `TrainStep` and the draws for a `GraphedStep`. `cuda_graph=True` is the last speed
+# setting of the fast recipe, so in full mode this rung is the recipe itself:
 
 # %%
 if GPU:
-    graphed_cfg = eager_cfg.replace(precision="auto", compile=True, cuda_graph=True)
-    print(f"this rung's config is the {runtime.RECIPE} recipe's: {graphed_cfg == cfg}")
-    graphed_step = measure("+ the whole step as one CUDA graph", graphed_cfg)
+    print(f"this rung's config is the {runtime.RECIPE} recipe's: {graph_cfg == cfg}")
+    graphed_step_pkg = measure("+ the whole step as one CUDA graph", graph_cfg, mine_graphed)
 else:
     print("not measured here: CUDA graphs need a CUDA GPU")
 
 # %% [markdown]
-# The graphed step takes 5.9 ms. The compiled step's kernels kept the GPU busy for 6.1 ms (rung 4's
-# profile; this rung was not profiled). So the step now takes about as long as the GPU's own work: the
-# GPU is busy almost the whole step, and the launches no longer hold it back (2.97x over rung 4).
+# Your graph leaves the batch making outside, so expect it somewhat slower than the package's, by about
+# the time that making a batch takes (the difference between your whole step and a replay, above); the
+# rest is the same recording of the same kernels. The package's graph is the one `train()` uses.
 #
 # ## How much of the hardware is used: FLOPs, the matrix-multiply rate, MFU
 # A **FLOP** is one floating-point operation; a multiply-add counts as two. Notebook 04 counted the
 # forward pass of one image (`flops_per_image`: the matrix multiplies, which are nearly all of it).
 # Training costs about three times that: the backward pass computes a gradient for each layer's input and
 # one for its weights, each as costly as the forward multiply. The hardware's rate we *measure*: a large
-# matrix multiply, the best case, in the precision training uses:
+# matrix multiply, the best case, in the precision training uses. `speed.matmul_tflops` times it with
+# `median_seconds`; a rate measured once still moves from one measurement to the next (clocks, heat, other
+# work on the machine), so it is measured five times (three on a CPU), and the median is the one rate
+# this notebook uses, with the spread beside it:
 
 # %%
 train_flops = speed.train_flops_per_image(args)
 print(f"forward {vh.flops_per_image(args) / 1e9:.3f} GFLOP per image; a training image {train_flops / 1e9:.3f} GFLOP")
 N, DTYPE = (8192, torch.bfloat16) if GPU else (1024, torch.float32)
-peak = speed.matmul_tflops(N, N, N, device=device, dtype=DTYPE)
+rates = [speed.matmul_tflops(N, N, N, device=device, dtype=DTYPE, reps=10 if GPU else 3, warmup=3 if GPU else 1)
+         for _ in range(5 if GPU else 3)]
+peak = statistics.median(rates)
 tflops = lambda t: f"{t:,.0f}" if t >= 10 else f"{t:.3f}"  # a CPU does a few hundredths of a TFLOP/s
-print(f"measured matrix-multiply rate: {tflops(peak)} TFLOP/s ({N}x{N} by {N}x{N}, {DTYPE}, median of 10)")
+print(f"measured matrix-multiply rate ({N}x{N} by {N}x{N}, {DTYPE}): {tflops(peak)} TFLOP/s, the median of {len(rates)} "
+      f"measurements; spread {tflops(min(rates))}-{tflops(max(rates))} ({(max(rates) - min(rates)) / peak:.1%} of the median)")
 ladder.train_flops_per_image, ladder.matmul_tflops = train_flops, peak
 
 # %% [markdown]
@@ -394,7 +687,7 @@ tokens, D = cfg.batch_size * (args.n_patches + 1), args.dim
 size = torch.finfo(DTYPE).bits // 8
 print(f"{'m x k x n':>22}  {'TFLOP/s':>8}  {'FLOP per byte':>13}")
 for m, k, n in [(N, N, N), (tokens, D, D), (tokens, D, args.hidden_dim), (tokens, args.hidden_dim, D)]:
-    rate = speed.matmul_tflops(m, k, n, device=device, dtype=DTYPE)
+    rate = peak if m == k == n == N else speed.matmul_tflops(m, k, n, device=device, dtype=DTYPE)  # the peak: measured above
     intensity = 2 * m * k * n / (size * (m * k + k * n + m * n))
     print(f"{f'{m} x {k} x {n}':>22}  {tflops(rate):>8}  {intensity:13.0f}")
 bandwidth = speed.copy_gbps(device=device)
@@ -412,21 +705,24 @@ print(f"memory bandwidth (a copy, measured): {bandwidth:,.0f} GB/s; the peak rat
 #
 # ## A time budget for a slower GPU
 # The fast recipe's length (420 epochs) was chosen for a fast GPU. On a slower one, `budget_minutes`
-# fits the run into a time you choose: `train()` measures the steady speed during the first epoch
-# (`Pace`, once compiling and recording are over) and picks the number of epochs that fits; the learning
-# rate schedule is then laid over that many epochs. Pace's arithmetic:
-
-# %%
-print(inspect.getsource(Pace.estimate))
-print(inspect.getsource(Pace.fit_budget))
-
-# %% [markdown]
-# The same arithmetic by hand: this run's fastest rung with this mode's recipe, and, from the GPU ladder
-# (this run's on a GPU, the release's on a CPU when there is one), the fast recipe on that GPU and on a
-# Colab T4. For the T4 we have no measurement, so the cell *estimates* its speed by
-# scaling with the ratio of matrix-multiply rates (its datasheet peak, 65 TFLOP/s in float16, against the
-# rate measured on that GPU): optimistic, since a T4 uses float16 with a `GradScaler`, which rules out the
-# whole-step graph, and rarely reaches its datasheet peak.
+# fits the run into a time you choose: `train()` measures the steady speed during the first epoch and
+# picks the number of epochs that fits; the learning rate schedule is then laid over that many epochs.
+# The measuring and the choosing are `Pace`'s (`vit_helpers/train.py`), and its arithmetic is short:
+# - **The steady speed.** During the first epoch it reads the clock (after a synchronisation) at two
+#   steps, `pace.a` (step 2, once compiling and recording are over) and `pace.b` (10 steps later), and
+#   keeps the readings in `pace.marks`; seconds per step are their difference over the steps between.
+# - **An epoch's time** (`Pace.estimate`): seconds per step times the steps of an epoch, plus validation,
+#   counted as a third of a step per training batch's worth of validation images (a forward pass costs
+#   about a third of a training step).
+# - **The epochs that fit** (`Pace.fit_budget`, after the first epoch): the first epoch as measured, then
+#   as many steady epochs as the rest of the budget holds, at least 1 and at most the recipe's epochs.
+#
+# The same arithmetic by hand, compared with `Pace` below. First the epoch times: this run's fastest
+# rung with this mode's recipe, and, from the GPU ladder (this run's on a GPU, the release's on a CPU
+# when there is one), the fast recipe on that GPU and on a Colab T4. For the T4 we have no measurement, so
+# the cell *estimates* its speed by scaling with the ratio of matrix-multiply rates (its datasheet peak,
+# 65 TFLOP/s in float16, against the rate measured on that GPU): optimistic, since a T4 uses float16 with
+# a `GradScaler`, which rules out the whole-step graph, and rarely reaches its datasheet peak.
 
 # %%
 T4_PEAK_TFLOPS = 65.0  # NVIDIA's datasheet: T4, float16 on tensor cores (a peak, not a measurement)
@@ -470,7 +766,7 @@ print(f"{name}, {budget:g} minutes: {by_hand} epochs by hand, {chosen} chosen by
 # %% [markdown]
 # A slower GPU gets fewer epochs of the same recipe, not a longer wait; expect lower accuracy from the
 # shorter schedule (in an earlier run on an H100, run 8 in `benchmarks/NOTES.md`, 30 epochs of the fast
-# recipe reached 67.8% test accuracy and 69 epochs 77.9%, against 86.3% after 420; this release's 420
+# recipe reached 67.8% test accuracy and 69 epochs 77.9%, against 86.72% after 420; this release's 420
 # epochs reached 86.66%, `release/results_fast.json`). In notebook 05, `cfg.replace(budget_minutes=...)`
 # sets a budget.
 #
@@ -516,8 +812,8 @@ else:
 #
 # <details><summary>Hint</summary>
 #
-# `speed.make_step_fn(model, data, cfg, device)` with `cfg = recipe("quick")[1].replace(batch_size=...)`,
-# then `speed.images_per_second(step, batch_size, steps=3, warmup=1)`.
+# `speed.make_step_fn(model, data, cfg, device)` with `cfg = recipe("quick")[1].replace(batch_size=...)` and the
+# notebook's `device = runtime.DEVICE`, then `speed.images_per_second(step, batch_size, steps=3, warmup=1, device=device)`.
 #
 # </details>
 # <details><summary>Solution</summary>
@@ -525,32 +821,36 @@ else:
 # ```python
 # import torch
 # import vit_helpers as vh
-# from vit_helpers import speed
+# from vit_helpers import runtime, speed
 # from vit_helpers.data import load_cifar10
 # from vit_helpers.train import recipe
 #
+# device = runtime.DEVICE  # a CUDA GPU where there is one, else the CPU
 # data = load_cifar10()
 # args, cfg = recipe("quick")
 # for bs in (16, 64, 256):
 #     torch.manual_seed(0)
-#     step, _ = speed.make_step_fn(vh.VisionTransformer(args), data, cfg.replace(batch_size=bs), "cpu")
-#     ips = speed.images_per_second(step, bs, steps=3, warmup=1)
+#     step, _ = speed.make_step_fn(vh.VisionTransformer(args), data, cfg.replace(batch_size=bs), device)
+#     ips = speed.images_per_second(step, bs, steps=3, warmup=1, device=device)
 #     print(f"batch {bs:3d}: {ips:6,.0f} images/s, {bs / ips * 1e3:6.1f} ms per step")
 # ```
 #
-# In quick mode on the 2-core CPU of our development machine (shared with other jobs while it ran, so
-# every number is low; yours will differ, the trend should not):
+# In quick mode on the 2-core CPU of our development machine (other jobs share it, so your numbers will
+# differ; the shape should not):
 #
 # ```text
-# batch  16:     13 images/s, 1203.5 ms per step
-# batch  64:     24 images/s, 2689.0 ms per step
-# batch 256:     61 images/s, 4191.7 ms per step
+# batch  16:    522 images/s,   30.7 ms per step
+# batch  64:    666 images/s,   96.0 ms per step
+# batch 256:    642 images/s,  398.8 ms per step
 # ```
 #
-# Images per second grow with the batch although the arithmetic per image is the same: every step has a
-# fixed cost (Python, dispatching about 1,200 operators, the AdamW update of every weight), shared by
-# more images in a big batch, and bigger matrices compute more efficiently (exercise 2). On a GPU the
-# fixed cost is the kernel launches, and the effect is far larger: that is the step from rung 1 to rung 2.
+# From 16 to 64 images per step the rate grows by a quarter, although the arithmetic per image is the
+# same: every step has a fixed cost (Python, dispatching about 1,100 operators, the AdamW update of every
+# weight), shared by more images in a bigger batch. Beyond that it levels off: on a CPU the arithmetic
+# soon dwarfs the fixed cost, and a few hundred images per step already keep its cores busy (the profile
+# above found the CPU busy for most of the step). On a GPU the fixed cost is the kernel launches and
+# the arithmetic is fast, so the rate keeps growing with the batch for far longer: that is the step from
+# rung 1 to rung 2.
 #
 # </details>
 #
