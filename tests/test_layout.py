@@ -1,6 +1,7 @@
 """The package's layout: imports run one way (no circle between vit_helpers' modules, counting imports under
 TYPE_CHECKING and inside functions), and `train()` stays one screen."""
 import ast
+import os
 import inspect
 from pathlib import Path
 
@@ -99,3 +100,17 @@ def test_the_names_the_notebooks_import_from_train_stay(name):
     import vit_helpers.train as T
 
     assert hasattr(T, name)
+
+
+def test_gpu_runs_print_each_failure_when_it_happens(tmp_path):
+    """tools/gpu_tests.py's plugin prints a failure's reason before the run goes on, so a part cut short keeps it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_two.py").write_text("def test_bad():\n    assert 1 == 2, 'boom'\n\ndef test_later():\n    print('LATER')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tools")}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "pytest_failures_at_once", "-p", "no:cacheprovider", "-s",
+                          "-q", str(tmp_path / "test_two.py")], cwd=tmp_path, env=env, capture_output=True, text=True).stdout
+    at_once = out.find("==== FAILED at once: test_two.py::test_bad (call) ====")
+    assert 0 <= at_once < out.find("LATER") < out.find("= FAILURES ="), out
+    assert "AssertionError: boom" in out[at_once:out.find("LATER")]
