@@ -79,7 +79,9 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path):
 
 def test_resume_equals_uninterrupted_run(tiny_args, tmp_path):
     data = synthetic_data()
-    cfg = CFG.replace(epochs=4)
+    # The math attention kernel: on a GPU the fused kernels' backward may add in an order that varies with the GPU's
+    # load (it failed so under 12 test workers on one H200 and passed alone), so two uninterrupted runs could differ too.
+    cfg = CFG.replace(epochs=4, attention="math")
     torch.manual_seed(1)
     straight = VisionTransformer(tiny_args.replace(dropout=0.1))
     r1 = train(straight, data, cfg, checkpoint_dir=tmp_path / "a", progress=False)
