@@ -4,8 +4,8 @@
 # # 06 · Going fast: your training step, one change at a time, each one measured
 #
 # Notebook 05 trained the article's model with the `fast` recipe in a few minutes; the article's own
-# recipe needs well over an hour for its 150 epochs (about 85 minutes at the 1,322 images/s that rung 1
-# below measured on the 2026-12-01 release's NVIDIA H200, evaluation left out). None of that difference
+# recipe needs well over an hour for its 150 epochs (about 79 minutes at the 1,426 images/s that rung 1
+# below measured in the release's run on an NVIDIA H200, 2026-12-03, evaluation left out). None of that difference
 # comes from the algorithm: it is the step you wrote in 05, run differently. This notebook starts from the
 # article's setup and makes **one change at a time** to *how* your step runs. You write each change
 # yourself: bf16 autocast around your loss, one `torch.compile` call, a CUDA graph captured by hand. Each
@@ -103,16 +103,16 @@ finished = time.perf_counter() - t0
 print(f"a @ a returned after {returned * 1e3:.2f} ms; its result was ready after {finished * 1e3:.2f} ms ({device.type})")
 
 # %% [markdown]
-# Two things show in this output. First, the call itself took about 94 ms, far more than a launch. That
+# Two things show in this output. First, the call itself took about 109 ms, far more than a launch. That
 # is one-time start-up work which the first matrix multiply of a process does on the CPU, inside the
 # call: setting up cuBLAS (NVIDIA's matrix-multiply library) and loading its kernels onto the GPU. Later
-# calls skip it. Second, the call returned before the result existed: the result was ready about 2.5 ms
-# later (96.47 ms). Those 2.5 ms are the multiply itself (137 GFLOP in float32), still running on the
+# calls skip it. Second, the call returned before the result existed: the result was ready about 2.6 ms
+# later (111.56 ms). Those 2.6 ms are the multiply itself (137 GFLOP in float32), still running on the
 # GPU after Python had moved on: that is the asynchrony. On a CPU the two times are the same, because
 # the CPU computes as it goes.
 #
 # Both effects shape the timer. A few untimed **warm-up** calls come first (the first calls pay one-time
-# costs like the 94 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
+# costs like the 109 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
 # is read after a synchronisation, a fixed number of calls run, and the clock is read again after another
 # synchronisation, so that the last call's work is inside the measurement (`speed.synchronize(device)`
 # calls `torch.cuda.synchronize()` on a GPU and does nothing on a CPU). Written out, for a `step()` that
@@ -283,9 +283,12 @@ _ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, mine,
 
 # %% [markdown]
 # That is the starting point, in images per second of this machine. Your step and the package's do the
-# same work, so they should run at the same speed: on a GPU to within a few percent. On a CPU shared with
-# other work the timings scatter far more (compare the timer's three runs above), so there a ratio well
-# away from 1 is noise, not a difference between the steps.
+# same work, so they should run at about the same speed. In the release's run yours came out at 0.89x the
+# package's here, and at 0.98x to 1.00x at rungs 2, 3 and 5 below (rung 4 is discussed there): each rung
+# is timed once, so each ratio carries the noise of one timing, and rung 1's timing is the shortest
+# (50 steps of 16 images, about 0.6 s). On a CPU shared with other work the timings scatter far more
+# (compare the timer's three runs above), so there a ratio well away from 1 is noise, not a difference
+# between the steps.
 #
 # ## Rung 2: big batches, augmented on the GPU
 # Two changes that belong together. The data is decoded *once* into a uint8 tensor that lives on the
@@ -317,11 +320,11 @@ for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.repl
 print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} images/s")
 
 # %% [markdown]
-# The answer, from these numbers: both, one after the other. The PIL pipeline alone makes 13,036
-# images/s, about 10x the 1,322 images/s that rung 1 trained, so at rung 1 the images were not the
-# limit: batch 16, with its fixed cost per step, was. At batch 512 the step trains 17,846 images/s,
-# more than the PIL pipeline can make. With PIL the rung would be capped below 13,036 images/s; the
-# tensor pipeline makes 158,206 and leaves the step the limit.
+# The answer, from these numbers: both, one after the other. The PIL pipeline alone makes 17,373
+# images/s, about 12x the 1,426 images/s that rung 1 trained, so at rung 1 the images were not the
+# limit: batch 16, with its fixed cost per step, was. At batch 512 the step trains 17,855 images/s,
+# slightly more than the PIL pipeline can make. With PIL the rung would be capped below 17,373 images/s;
+# the tensor pipeline makes 181,165 and leaves the step the limit.
 #
 # In general, an input pipeline slower than the training step caps training at its own rate, however
 # fast the model runs; the PIL pipeline also takes CPU cores from the training process. On a GPU the tensor
@@ -410,11 +413,11 @@ print(f"your {'bf16' if GPU else 'plain'} step: {prof.items:,} {what} per step; 
 print(prof.table(rows=8))
 
 # %% [markdown]
-# The profiler itself slows the CPU side: it records every operation, so the profiled step takes well
-# over twice as long as without it (51.1 ms against 19.5 ms in the release's run), while the kernels it
+# The profiler itself slows the CPU side: it records every operation, so the profiled step takes far
+# longer than without it (32.9 ms against 19.4 ms in the release's run, 1.7x), while the kernels it
 # times still run on the GPU at their own speed. The share it prints therefore understates how busy the
-# GPU normally is; set the busy time against the step time without the profiler instead (about 55% in the
-# release's run): the GPU still sits idle for a large part of every step, waiting for Python to launch
+# GPU normally is; set the busy time against the step time without the profiler instead (10.8 of 19.4 ms,
+# about 56%, in the release's run): the GPU still sits idle for a large part of every step, waiting for Python to launch
 # the next kernel, so the verdict holds. The table lists the kernels that take the most GPU time. In the
 # release's run the top one was `GammaBetaBackward` (18%), part of LayerNorm's backward pass (the
 # gradients of its scale and shift); with LayerNorm's forward (`vectorized_layer_norm`) and its other
@@ -426,7 +429,7 @@ print(prof.table(rows=8))
 # streams) are each counted in full, and tracing stretches each kernel a little. Where the exact figure
 # matters (rung 5), we measure the GPU's own time directly with CUDA events.
 #
-# On a GPU the article's small model launches hundreds of kernels per step (702 in the release's run),
+# On a GPU the article's small model launches hundreds of kernels per step (692 in the release's run),
 # many of them tiny elementwise ones (additions, GELU, LayerNorm, copies), each from Python, and the GPU
 # idles between them whenever Python is slower than the GPU. On a CPU the same step is dominated by its
 # matrix multiplies (`aten::linear`, `aten::mm`) and the device is busy all the time: the CPU computes as
@@ -439,7 +442,9 @@ print(prof.table(rows=8))
 # addition, a LayerNorm and a GELU become one kernel that reads its input once and writes its output once,
 # instead of several kernels each writing an intermediate result to GPU memory and reading it back. It
 # also derives the backward pass of what it compiled, fused the same way. Fewer kernels, fewer launches,
-# less memory traffic. The price is the compile itself, tens of seconds at the first call.
+# less memory traffic. The price is the compile itself, paid at the first call: 1.9 s for your loss in the
+# release's run (below), and up to tens of seconds for a whole step from empty compile caches (28.6-36.5 s
+# for the distilled step in run 11, `benchmarks/NOTES.md`).
 #
 # Your rung is one call: compile your bf16 loss (the model's forward pass and the loss). The step around
 # it stays plain Python; the optimizer is already one fused kernel. The first step compiles (timed below);
@@ -470,10 +475,12 @@ else:
           "checks the compiled step's loss against your eager bf16 step (to 2e-3), times both, and profiles yours.")
 
 # %% [markdown]
-# In the release's run, compiling cut the kernels per step from 702 to 467 but raised the speed only 12%
-# (26,192 to 29,435 images/s). The step is still launch-bound: every remaining kernel is still launched
-# from Python, one at a time, and the profiler counts only about a third of the step as GPU work (6.1 ms
-# of a 17.4 ms step there).
+# In the release's run, compiling cut the kernels per step from 692 to 461 but raised the package's speed
+# only 8% (26,347 to 28,333 images/s). Your compiled step timed 1.10x the package's there (31,149
+# images/s); both compile the same loss on batches from the same compiled augmentation, and each was timed
+# once, so the ladder keeps the package's figure. The step is still launch-bound: every remaining kernel
+# is still launched from Python, one at a time, and the profiler counts only about a third of the step as
+# GPU work (6.1 ms of an 18.1 ms step there).
 #
 # ## Rung 5: the whole step as one CUDA graph
 # Even compiled, a step still launches its kernels (the count above) one by one from Python: the forward
@@ -606,9 +613,12 @@ else:
     print("not measured here: CUDA graphs need a CUDA GPU")
 
 # %% [markdown]
-# Your graph leaves the batch making outside, so expect it somewhat slower than the package's, by about
-# the time that making a batch takes (the difference between your whole step and a replay, above); the
-# rest is the same recording of the same kernels. The package's graph is the one `train()` uses.
+# Your graph leaves the batch making outside and the package's records it inside, so yours may be slower,
+# by up to the time that making and copying a batch takes (your whole step against a replay, above:
+# 5.90 against 5.75 ms in the release's run). There the two came out level (1.00x: 5.90 against 5.87 ms
+# per step), so making the batch cost the package's step about as much inside the graph as it cost yours
+# outside it; the rest is the same recording of the same kernels. The package's graph is the one
+# `train()` uses.
 #
 # ## How much of the hardware is used: FLOPs, the matrix-multiply rate, MFU
 # A **FLOP** is one floating-point operation; a multiply-add counts as two. Notebook 04 counted the
@@ -651,9 +661,9 @@ if GPU and runtime.MODE == "full":  # the release copies it into release/speed_l
 
 # %% [markdown]
 # Each bar is one change. On a GPU, look for the jumps where work leaves the CPU: per image (big batches
-# made on the device: 13.5x) and per step (a single launch for the whole step: 2.97x over rung 4). bf16
-# (1.47x) helps more than compiling (1.12x): it halves the bytes every kernel moves and runs the matrix
-# multiplies on the tensor cores, which shortens the GPU's part of the step (28.7 to 19.5 ms per step:
+# made on the device: 12.5x) and per step (a single launch for the whole step: 3.08x over rung 4). bf16
+# (1.48x) helps more than compiling (1.08x): it halves the bytes every kernel moves and runs the matrix
+# multiplies on the tensor cores, which shortens the GPU's part of the step (28.7 to 19.4 ms per step:
 # in float32 the GPU's own work was a large part of the step). It leaves the launch overhead untouched; compiling cut launches, but too
 # few to matter while each remaining one still came from Python. The MFU column says how far even the
 # last rung is from the hardware's matrix-multiply rate.
@@ -701,7 +711,7 @@ print(f"memory bandwidth (a copy, measured): {bandwidth:,.0f} GB/s; the peak rat
 # visible part of its cost. Attention is worse: per head it multiplies 65 x 32 by 32 x 65. A wider model
 # (D = 384 and up) lifts MFU. In an earlier run on an H100 (benchmarks/NOTES.md), the `large` recipe's
 # 11.9M-parameter ViT reached 24% MFU, where this model reached 13%. On this release's H200 this model
-# reaches 14.7% (the ladder above); the large model was not measured here.
+# reaches 15.1% (the ladder above); the large model was not measured here.
 #
 # ## A time budget for a slower GPU
 # The fast recipe's length (420 epochs) was chosen for a fast GPU. On a slower one, `budget_minutes`
@@ -845,7 +855,7 @@ else:
 # ```
 #
 # From 16 to 64 images per step the rate grows by a quarter, although the arithmetic per image is the
-# same: every step has a fixed cost (Python, dispatching about 1,100 operators, the AdamW update of every
+# same: every step has a fixed cost (Python, dispatching every operator of the step, the AdamW update of every
 # weight), shared by more images in a bigger batch. Beyond that it levels off: on a CPU the arithmetic
 # soon dwarfs the fixed cost, and a few hundred images per step already keep its cores busy (the profile
 # above found the CPU busy for most of the step). On a GPU the fixed cost is the kernel launches and
