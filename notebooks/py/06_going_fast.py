@@ -683,7 +683,8 @@ elif not GPU:
     release_ladder.plot(ax, f"from the release record: {release_ladder.gpu}, {release_ladder.date}")
     fig.tight_layout()
 else:
-    print(f"(on a GPU this run's own ladder is above; the release's was measured on {release_ladder.gpu}, {release_ladder.date})")
+    # not the file's date: in a release run this notebook's ladder is about to replace it (run_series copies it there)
+    print("(on a GPU this run's own ladder is above: a release run copies it to release/speed_ladder.json)")
 
 # %% [markdown]
 # ## Why a small model stays far from the peak
