@@ -125,6 +125,19 @@ def test_the_going_fast_notebook_shows_the_release_speed_ladder():
         assert f"{row['step']}: {row['images_per_s']:,.0f} images/s" in stored, f"06 must show the measured {row['step']!r}"
 
 
+def test_readme_shows_the_release_speed_ladder():
+    """The README's speed-ladder table is release/speed_ladder.json's, row for row (images/s rounded to integers)."""
+    path = RELEASE / "speed_ladder.json"
+    if not path.is_file():
+        pytest.skip("release/speed_ladder.json does not exist yet: the next GPU release writes it (notebook 06 in full mode)")
+    ladder = json.loads(path.read_text())
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("**The speed ladder**"):]
+    table = section[section.index("| step | images/s |"):].split("\n\n")[0].splitlines()[2:]
+    expected = [f"| {row['step']} | {round(row['images_per_s']):,} |" for row in ladder["rows"]]
+    assert table == expected, "the README's speed ladder must show release/speed_ladder.json's rows:\n" + "\n".join(expected)
+
+
 def test_readme_quotes_the_several_gpu_run():
     """The README's several-GPU numbers are release/ddp.json's, measured on the release's kind of GPU, with its date."""
     path = RELEASE / "ddp.json"

@@ -4,8 +4,9 @@
 # # 06 · Going fast: your training step, one change at a time, each one measured
 #
 # Notebook 05 trained the article's model with the `fast` recipe in a few minutes; the article's own
-# recipe needs well over an hour for its 150 epochs (about 79 minutes at the 1,426 images/s that rung 1
-# below measured in the release's run on an NVIDIA H200, 2026-12-03, evaluation left out). None of that difference
+# recipe needs well over an hour for its 150 epochs (about 79 to 99 minutes at the 1,425 and 1,140 images/s
+# that your step and the package's made at rung 1 below, in the release's run: full mode on an NVIDIA H200,
+# 2026-12-03, whose outputs are the ones stored here; evaluation left out). None of that difference
 # comes from the algorithm: it is the step you wrote in 05, run differently. This notebook starts from the
 # article's setup and makes **one change at a time** to *how* your step runs. You write each change
 # yourself: bf16 autocast around your loss, one `torch.compile` call, a CUDA graph captured by hand. Each
@@ -103,16 +104,16 @@ finished = time.perf_counter() - t0
 print(f"a @ a returned after {returned * 1e3:.2f} ms; its result was ready after {finished * 1e3:.2f} ms ({device.type})")
 
 # %% [markdown]
-# Two things show in this output. First, the call itself took about 109 ms, far more than a launch. That
-# is one-time start-up work which the first matrix multiply of a process does on the CPU, inside the
-# call: setting up cuBLAS (NVIDIA's matrix-multiply library) and loading its kernels onto the GPU. Later
-# calls skip it. Second, the call returned before the result existed: the result was ready about 2.6 ms
-# later (111.56 ms). Those 2.6 ms are the multiply itself (137 GFLOP in float32), still running on the
-# GPU after Python had moved on: that is the asynchrony. On a CPU the two times are the same, because
-# the CPU computes as it goes.
+# Two things show in this output (the stored one is the release's run, full mode on the H200). First, the
+# call itself took about 72 ms, far more than a launch. That is one-time start-up work which the first
+# matrix multiply of a process does on the CPU, inside the call: setting up cuBLAS (NVIDIA's
+# matrix-multiply library) and loading its kernels onto the GPU. Later calls skip it. Second, the call
+# returned before the result existed: the result was ready about 2.5 ms later (74.21 ms). Those 2.5 ms
+# are the multiply itself (137 GFLOP in float32), still running on the GPU after Python had moved on:
+# that is the asynchrony. On a CPU the two times are the same, because the CPU computes as it goes.
 #
 # Both effects shape the timer. A few untimed **warm-up** calls come first (the first calls pay one-time
-# costs like the 109 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
+# costs like the 72 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
 # is read after a synchronisation, a fixed number of calls run, and the clock is read again after another
 # synchronisation, so that the last call's work is inside the measurement (`speed.synchronize(device)`
 # calls `torch.cuda.synchronize()` on a GPU and does nothing on a CPU). Written out, for a `step()` that
@@ -283,10 +284,12 @@ _ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, mine,
 
 # %% [markdown]
 # That is the starting point, in images per second of this machine. Your step and the package's do the
-# same work, so they should run at about the same speed. In the release's run yours came out at 0.89x the
-# package's here, and at 0.98x to 1.00x at rungs 2, 3 and 5 below (rung 4 is discussed there): each rung
-# is timed once, so each ratio carries the noise of one timing, and rung 1's timing is the shortest
-# (50 steps of 16 images, about 0.6 s). On a CPU shared with other work the timings scatter far more
+# same work, so they should run at about the same speed. In the release's run yours came out at 1.25x the
+# package's here (1,425 against 1,140 images/s; an earlier run on the same GPU the same day gave 0.89x,
+# 1,272 against 1,426), and at 0.93x to 1.07x at rungs 2 to 5 below: each rung is timed once, so each ratio
+# carries the noise of one timing, and rung 1's timing is the shortest (50 steps of 16 images, 0.6-0.7 s)
+# and depends on `DataLoader` workers on the CPU. The ladder keeps the package's figure, so its rung 1 is
+# the lower of the two here. On a CPU shared with other work the timings scatter far more
 # (compare the timer's three runs above), so there a ratio well away from 1 is noise, not a difference
 # between the steps.
 #
@@ -320,11 +323,13 @@ for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.repl
 print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} images/s")
 
 # %% [markdown]
-# The answer, from these numbers: both, one after the other. The PIL pipeline alone makes 17,373
-# images/s, about 12x the 1,426 images/s that rung 1 trained, so at rung 1 the images were not the
-# limit: batch 16, with its fixed cost per step, was. At batch 512 the step trains 17,855 images/s,
-# slightly more than the PIL pipeline can make. With PIL the rung would be capped below 17,373 images/s;
-# the tensor pipeline makes 181,165 and leaves the step the limit.
+# The answer, from these numbers (the release's run, full mode on the H200): both, one after the other.
+# The PIL pipeline alone makes 21,630 images/s, about 19x the 1,140 images/s that rung 1 trained, so at
+# rung 1 the images were not the limit: batch 16, with its fixed cost per step, was. At batch 512 the
+# step trains 17,845 images/s, not far below the 21,630 the PIL pipeline can make: PIL would leave this
+# rung little headroom, and the next rungs train faster than PIL can make images (29,654 images/s with
+# bf16, 88,262 at the last rung), so with PIL they would be capped below 21,630 images/s. The tensor
+# pipeline makes 247,916 and leaves the step the limit.
 #
 # In general, an input pipeline slower than the training step caps training at its own rate, however
 # fast the model runs; the PIL pipeline also takes CPU cores from the training process. On a GPU the tensor
@@ -414,11 +419,12 @@ print(prof.table(rows=8))
 
 # %% [markdown]
 # The profiler itself slows the CPU side: it records every operation, so the profiled step takes far
-# longer than without it (32.9 ms against 19.4 ms in the release's run, 1.7x), while the kernels it
+# longer than without it (26.7 ms against 17.3 ms in the release's run, 1.5x), while the kernels it
 # times still run on the GPU at their own speed. The share it prints therefore understates how busy the
-# GPU normally is; set the busy time against the step time without the profiler instead (10.8 of 19.4 ms,
-# about 56%, in the release's run): the GPU still sits idle for a large part of every step, waiting for Python to launch
-# the next kernel, so the verdict holds. The table lists the kernels that take the most GPU time. In the
+# GPU normally is; set the busy time against the step time without the profiler instead (10.9 of 17.3 ms,
+# about 63%, in the release's run): just above the cell's 60% line, so the verdict is a close call, but
+# the GPU still sits idle for more than a third of every step, waiting for Python to launch the next
+# kernel. The table lists the kernels that take the most GPU time. In the
 # release's run the top one was `GammaBetaBackward` (18%), part of LayerNorm's backward pass (the
 # gradients of its scale and shift); with LayerNorm's forward (`vectorized_layer_norm`) and its other
 # backward kernel (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than
@@ -442,9 +448,10 @@ print(prof.table(rows=8))
 # addition, a LayerNorm and a GELU become one kernel that reads its input once and writes its output once,
 # instead of several kernels each writing an intermediate result to GPU memory and reading it back. It
 # also derives the backward pass of what it compiled, fused the same way. Fewer kernels, fewer launches,
-# less memory traffic. The price is the compile itself, paid at the first call: 1.9 s for your loss in the
-# release's run (below), and up to tens of seconds for a whole step from empty compile caches (28.6-36.5 s
-# for the distilled step in run 11, `benchmarks/NOTES.md`).
+# less memory traffic. The price is the compile itself, paid at the first call: 14.2 s for your loss in the
+# release's run (below; an earlier run on the same GPU the same day took 1.9 s: the time depends on what
+# the compiler's caches on disk already hold), and up to tens of seconds for a whole step from empty
+# compile caches (28.6-36.5 s for the distilled step in run 11, `benchmarks/NOTES.md`).
 #
 # Your rung is one call: compile your bf16 loss (the model's forward pass and the loss). The step around
 # it stays plain Python; the optimizer is already one fused kernel. The first step compiles (timed below);
@@ -475,12 +482,13 @@ else:
           "checks the compiled step's loss against your eager bf16 step (to 2e-3), times both, and profiles yours.")
 
 # %% [markdown]
-# In the release's run, compiling cut the kernels per step from 692 to 461 but raised the package's speed
-# only 8% (26,347 to 28,333 images/s). Your compiled step timed 1.10x the package's there (31,149
-# images/s); both compile the same loss on batches from the same compiled augmentation, and each was timed
-# once, so the ladder keeps the package's figure. The step is still launch-bound: every remaining kernel
-# is still launched from Python, one at a time, and the profiler counts only about a third of the step as
-# GPU work (6.1 ms of an 18.1 ms step there).
+# In the release's run (full mode on the H200), compiling cut the kernels per step by a third, from 692 to
+# 461, and the GPU's busy time under the profiler from 10.9 to 5.8 ms (fused kernels read and write memory
+# once); the package's step went from 17.3 to 10.4 ms, 1.66x the speed (29,654 to 49,284 images/s). Your
+# compiled step timed 0.93x the package's there (45,929 images/s); both compile the same loss on batches
+# from the same compiled augmentation, and each was timed once, so the ladder keeps the package's figure.
+# The step is still launch-bound: every remaining kernel is still launched from Python, one at a time, and
+# the profiler counts only a little over half of the step as GPU work (5.8 ms of a 10.4 ms step there).
 #
 # ## Rung 5: the whole step as one CUDA graph
 # Even compiled, a step still launches its kernels (the count above) one by one from Python: the forward
@@ -615,9 +623,10 @@ else:
 # %% [markdown]
 # Your graph leaves the batch making outside and the package's records it inside, so yours may be slower,
 # by up to the time that making and copying a batch takes (your whole step against a replay, above:
-# 5.90 against 5.75 ms in the release's run). There the two came out level (1.00x: 5.90 against 5.87 ms
-# per step), so making the batch cost the package's step about as much inside the graph as it cost yours
-# outside it; the rest is the same recording of the same kernels. The package's graph is the one
+# 5.86 against 5.71 ms in the release's run). There the two came out nearly level (0.99x: 5.86 against
+# 5.80 ms per step): recording the batch making saved the package's step only about 0.06 of those
+# 0.15 ms, so making a batch costs nearly as much inside the graph as outside it; the rest is the same
+# recording of the same kernels. The package's graph is the one
 # `train()` uses.
 #
 # ## How much of the hardware is used: FLOPs, the matrix-multiply rate, MFU
@@ -660,13 +669,16 @@ if GPU and runtime.MODE == "full":  # the release copies it into release/speed_l
     print("written: outputs/speed_ladder.json")
 
 # %% [markdown]
-# Each bar is one change. On a GPU, look for the jumps where work leaves the CPU: per image (big batches
-# made on the device: 12.5x) and per step (a single launch for the whole step: 3.08x over rung 4). bf16
-# (1.48x) helps more than compiling (1.08x): it halves the bytes every kernel moves and runs the matrix
-# multiplies on the tensor cores, which shortens the GPU's part of the step (28.7 to 19.4 ms per step:
-# in float32 the GPU's own work was a large part of the step). It leaves the launch overhead untouched; compiling cut launches, but too
-# few to matter while each remaining one still came from Python. The MFU column says how far even the
-# last rung is from the hardware's matrix-multiply rate.
+# Each bar is one change. In the release's run (full mode on the H200) the biggest jump is where work per
+# image leaves the CPU: big batches made on the device, 15.7x (12.5x against your step's 1,425 images/s at
+# rung 1: that rung's figure is the noisiest). The next three rungs give about the same each: bf16 1.66x,
+# compiling 1.66x, the whole step as one graph 1.79x over rung 4. bf16 halves the bytes every kernel moves
+# and runs the matrix multiplies on the tensor cores, which shortens the GPU's part of the step (28.7 to
+# 17.3 ms per step: in float32 the GPU's own work was a large part of the step); it leaves the launch
+# overhead untouched. Compiling fuses kernels: a third fewer launches and about half the GPU's work
+# (10.4 ms per step). The graph removes the launches from Python altogether (5.8 ms per step, close to
+# the 5.74 ms of GPU time that CUDA events measured for a replay of yours). The MFU column says how far
+# even the last rung is from the hardware's matrix-multiply rate: 15.5% of the 745 TFLOP/s measured above.
 #
 # On a CPU only the first two rungs can run. The GPU ladder of the release (the run whose outputs are
 # stored in these notebooks, `release/speed_ladder.json`) is shown for comparison, labelled with its GPU
@@ -711,8 +723,8 @@ print(f"memory bandwidth (a copy, measured): {bandwidth:,.0f} GB/s; the peak rat
 # so they wait on memory, and each is also short enough (microseconds on a GPU) that launching it is a
 # visible part of its cost. Attention is worse: per head it multiplies 65 x 32 by 32 x 65. A wider model
 # (D = 384 and up) lifts MFU. In an earlier run on an H100 (benchmarks/NOTES.md), the `large` recipe's
-# 11.9M-parameter ViT reached 24% MFU, where this model reached 13%. On this release's H200 this model
-# reaches 15.1% (the ladder above); the large model was not measured here.
+# 11.9M-parameter ViT reached 24% MFU, where this model reached 13%. On this release's H200 (full mode)
+# this model reaches 15.5% (the ladder above); the large model was not measured here.
 #
 # ## A time budget for a slower GPU
 # The fast recipe's length (420 epochs) was chosen for a fast GPU. On a slower one, `budget_minutes`
