@@ -253,10 +253,11 @@ fig.tight_layout()
 # bit-identical after LoRA or head-only training (full fine-tuning changes them all, hence None).
 #
 # **Why LoRA is not faster here.** The "train s" column has LoRA training more slowly than full
-# fine-tuning on the release's NVIDIA H200 (20.6 s against 12.0 s for rank 8), although it updates 3%
-# of the weights. A LoRA layer still runs its frozen matrix multiply, forward and backward (the
-# gradient must flow through it to the layers below), and adds two small ones, x·Aᵀ then ·Bᵀ, with their own
-# backward passes: more work and more, smaller GPU kernels per step, not fewer. The optimizer's
+# fine-tuning on the release's NVIDIA H200 (13.8 to 21.4 s per LoRA row against 13.0 s; 15.2 s for
+# rank 8), although rank 8 updates 3% of the weights. A LoRA layer still runs its frozen matrix
+# multiply, forward and backward (the gradient must flow through it to the layers below), and adds two
+# small ones, x·Aᵀ then ·Bᵀ, with their own backward passes: more work and more, smaller GPU kernels
+# per step, not fewer. The optimizer's
 # saving (AdamW touches 0.1M instead of 3.2M parameters) is small for a model of 3.2M parameters,
 # and this small model is launch-bound on a GPU (notebook 06: the time goes to starting kernels, not
 # to the arithmetic), so each extra kernel costs about as much as a large one. What LoRA saves is
