@@ -99,7 +99,8 @@ print(f"the article: 75.07%  |  {2 * len(preds):,} images classified in {seconds
 # The first line is the number to quote; the interval is about ± 0.7 points wide, so differences
 # between models smaller than that are noise on this test set. Averaging over the mirror image is a
 # second, labelled number: it costs two forward passes per image. On two CPU cores the passes take
-# several minutes (the last line says how long they took where this notebook ran); on a GPU, seconds.
+# several minutes (the last line says how long they took where this notebook ran); on a GPU, under a
+# second (the stored run's line, on one NVIDIA H200, rounds it to 0 s).
 #
 # `tools/run_series.py` (what `make run` calls) reports these numbers from the results file:
 
