@@ -396,7 +396,12 @@ for name, key, what in [("results_fast.json", "test_accuracy", "ViT, fast recipe
     if not path.is_file():
         continue
     record = json.loads(path.read_text())
-    acc = record[key] if key else next(r["test_acc"] for r in record["rows"] if r.get("recipe") == "distilled")
+    if key is None:  # the benchmark: the distilled row's test accuracy, the mean over its seeds
+        row = next(r for r in record["rows"] if r["recipe"] == "distilled")
+        acc = row["test_acc"]["mean"]
+        what += f", mean of {len(row['seeds'])} seeds" if len(row["seeds"]) > 1 else ""
+    else:
+        acc = record[key]
     full_length[what] = acc
 if grid and full_length:
     print(f"at 45,000 images, 40 epochs (this grid): ViT {summary['vit'][45000][0]:.2%}, distilled {summary['distilled'][45000][0]:.2%}, CNN {summary['cnn'][45000][0]:.2%}")
