@@ -350,10 +350,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.merge:
         merged = merge_seeds([json.loads(f.read_text()) for f in a.merge])
-        print(merged["table"] + "\n\n" + merged["seed_table"])
         if a.out:
             a.out.parent.mkdir(parents=True, exist_ok=True)
             a.out.write_text(json.dumps(merged, indent=1))
+        print(merged["table"] + "\n\n" + merged["seed_table"])
         return 0
     fresh = None if a.warm_compile else cold_compile_caches()
     try:
