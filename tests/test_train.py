@@ -498,3 +498,17 @@ def test_a_step_built_directly_leaves_the_model_as_it_came_and_compiled_owns_the
             assert forward is not step.ema and forward._orig_mod is step.ema  # a compiled copy, nothing in place
             assert [m._compiled_call_impl for m in modules] == untouched
     assert [m._compiled_call_impl for m in modules] == untouched
+
+
+def test_auto_precision_uses_bf16_only_where_the_gpu_computes_in_it(monkeypatch):
+    """precision="auto": bf16 on a GPU with bf16 arithmetic (an H200), float16 with a GradScaler on one that only emulates
+    it (a T4, where torch.cuda.is_bf16_supported() says yes by default), nothing on a CPU or with fp32."""
+    from vit_helpers.step import autocast_settings
+
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere or later
+    assert autocast_settings("auto", gpu) == (torch.bfloat16, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)  # a T4
+    assert autocast_settings("auto", gpu) == (torch.float16, True)
+    assert autocast_settings("fp32", gpu) == (None, False)
+    assert autocast_settings("auto", torch.device("cpu")) == (None, False)

@@ -60,9 +60,18 @@ def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype
     """(autocast dtype or None, whether a GradScaler is needed)."""
     if precision == "fp32" or device.type != "cuda":
         return None, False
-    if torch.cuda.is_bf16_supported():
+    if native_bf16():
         return torch.bfloat16, False
     return torch.float16, True  # e.g. a Colab T4: fp16 needs loss scaling to keep small gradients
+
+
+def native_bf16() -> bool:
+    """Whether this GPU computes in bfloat16 itself (Ampere and later). torch.cuda.is_bf16_supported() alone also says
+    yes where bf16 is only emulated (a T4 can hold bf16 tensors, but its tensor cores compute in float16, not bf16)."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch older than the argument: it did not count emulation
+        return torch.cuda.is_bf16_supported()
 
 
 def teacher_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
