@@ -424,7 +424,7 @@ else:
 # %%
 profiled = run_bf16 if GPU else run_plain
 prof = speed.profile_step(profiled, device=device, steps=3)
-step_ms = 1e3 * ladder.batch_size / ladder.rows[-1]["images_per_s"]  # the last rung, timed without the profiler
+step_ms = 1e3 * cfg.batch_size / mine  # your step (the last one timed above), without the profiler
 what = "kernels" if GPU else "operators"
 share = prof.busy_ms / prof.wall_ms  # both from the profiled steps
 print(f"your {'bf16' if GPU else 'plain'} step: {prof.items:,} {what} per step; busy {prof.busy_ms:.1f} ms of {prof.wall_ms:.1f} ms under the "
@@ -435,10 +435,8 @@ print(prof.table(rows=8))
 # The profiler itself slows the CPU side: it records every operation, so the profiled step takes far
 # longer than without it, while the kernels it times still run on the GPU at their own speed. The share
 # it prints therefore understates how busy the GPU normally is; set the busy time against the step time
-# without the profiler instead. Mind which step: the "17.3 ms without it" in the output is the ladder's
-# last rung, the package's bf16 step, while the step profiled is yours, which ran at 31,817 images/s,
-# 16.1 ms per step. In the release's run your step took 26.7 ms under the profiler (1.7x), and its
-# kernels were busy for 10.9 of its 16.1 ms without it, about 68%: above the cell's 60% line, but the
+# without the profiler instead, as the cell does. In the release's run your step took 26.7 ms under the
+# profiler and 16.1 ms without it (1.7x), and its kernels were busy for 10.9 of its 16.1 ms without it, about 68%: above the cell's 60% line, but the
 # GPU still sat idle for about a third of every step, waiting for Python to launch the next kernel. The
 # table lists the kernels that take the most GPU time. In the release's run the top one was
 # `GammaBetaBackward` (18%), part of LayerNorm's backward pass (the gradients of its scale and shift);
@@ -494,7 +492,7 @@ if GPU:
     compiled_step = measure("+ torch.compile", compiled_cfg, mine)
     compiled = speed.profile_step(run_compiled, device=device, steps=3)
     print(f"kernels per step: {prof.items:,} eager, {compiled.items:,} compiled; busy {compiled.busy_ms:.1f} ms "
-          f"of a {1e3 * cfg.batch_size / ladder.rows[-1]['images_per_s']:.1f} ms step")
+          f"of a {1e3 * cfg.batch_size / mine:.1f} ms step (yours, timed above without the profiler)")
 else:
     print("not run here: this project compiles only on a CUDA GPU. On a GPU this cell compiles your bf16 loss, "
           "checks the compiled step's loss against your eager bf16 step (to 2e-3), times both, and profiles yours.")
@@ -505,9 +503,8 @@ else:
 # memory once); the package's step went from 17.3 to 10.4 ms, 1.66x the speed (29,654 to 49,284
 # images/s). Your compiled step timed 0.93x the package's there (45,929 images/s, 11.1 ms per step);
 # both compile the same loss on batches from the same compiled augmentation, and each was timed once, so
-# the ladder keeps the package's figure. As in the profile above, the step time printed (10.4 ms) is the
-# package's; against your own step's 11.1 ms, the profiler counts only about half of it as GPU work (5.8
-# ms). The step is still launch-bound: every remaining kernel is still launched from Python, one at a
+# the ladder keeps the package's figure. Of your step's 11.1 ms, the profiler counts only about half as
+# GPU work (5.8 ms). The step is still launch-bound: every remaining kernel is still launched from Python, one at a
 # time.
 #
 # ## Rung 5: the whole step as one CUDA graph
