@@ -4,7 +4,7 @@
 # # 06 · Going fast: your training step, one change at a time, each one measured
 #
 # Notebook 05 trained the article's model with the `fast` recipe in a few minutes; the article's own
-# recipe needs well over an hour for its 150 epochs (about 79 to 99 minutes at the 1,425 and 1,140
+# recipe needs well over an hour for its 150 epochs (about 97 to 102 minutes at the 1,159 and 1,104
 # images/s that your step and the package's made with the article's setup below, in the release's run:
 # full mode on an NVIDIA H200, 2026-12-03, whose outputs are the ones stored here; evaluation left out).
 # None of that difference comes from the algorithm: it is the step you wrote in 05, run differently.
@@ -109,15 +109,15 @@ print(f"a @ a returned after {returned * 1e3:.2f} ms; its result was ready after
 
 # %% [markdown]
 # Two things show in this output (the stored one is the release's run, full mode on the H200). First, the
-# call itself took about 72 ms, far more than a launch. That is one-time start-up work which the first
+# call itself took about 181 ms, far more than a launch. That is one-time start-up work which the first
 # matrix multiply of a process does on the CPU, inside the call: setting up cuBLAS (NVIDIA's
 # matrix-multiply library) and loading its kernels onto the GPU. Later calls skip it. Second, the call
-# returned before the result existed: the result was ready about 2.5 ms later (74.21 ms). Those 2.5 ms
+# returned before the result existed: the result was ready about 2.5 ms later (183.04 ms). Those 2.5 ms
 # are the multiply itself (137 GFLOP in float32), still running on the GPU after Python had moved on:
 # that is the asynchrony. On a CPU the two times are the same, because the CPU computes as it goes.
 #
 # Both effects shape the timer. A few untimed **warm-up** calls come first (the first calls pay one-time
-# costs like the 72 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
+# costs like the 181 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
 # is read after a synchronisation, a fixed number of calls run, and the clock is read again after
 # another synchronisation, so that the last call's work is inside the measurement. Written out, for a
 # `step()` that trains on `batch_size` images:
@@ -289,13 +289,14 @@ _ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, mine,
 
 # %% [markdown]
 # That is the starting point, in images per second of this machine. Your step and the package's do the
-# same work, so they should run at about the same speed. In the release's run yours came out at 1.25x
-# the package's here (1,425 against 1,140 images/s), and at 0.93x to 1.07x at rungs 2 to 5 below: each
-# rung is timed once, so each ratio carries the noise of one timing, and rung 1's timing is the shortest
-# (50 steps of 16 images, 0.6-0.7 s) and depends on `DataLoader` workers on the CPU. The ladder keeps
-# the package's figure, so its rung 1 is the lower of the two here. On a CPU shared with other work the
-# timings scatter far more (compare the timer's three runs above), so there a ratio well away from 1 is
-# noise, not a difference between the steps.
+# same work, so they should run at about the same speed. In the release's run yours came out at 1.05x
+# the package's here (1,159 against 1,104 images/s), and at 0.95x to 1.00x at rungs 2, 3 and 5 below:
+# each rung is timed once, so each ratio carries the noise of one timing, and rung 1's timing is the
+# shortest (50 steps of 16 images, about 0.7 s) and depends on `DataLoader` workers on the CPU. Rung 4
+# is the exception (1.29x), discussed there. The ladder keeps the package's figure, so its rung 1 is the
+# lower of the two here. On a CPU shared with other work the timings scatter far more (compare the
+# timer's three runs above), so there a ratio well away from 1 is noise, not a difference between the
+# steps.
 #
 # ## Rung 2: big batches, augmented on the GPU
 # Two changes that belong together. The data is decoded *once* into a uint8 tensor that lives on the
@@ -327,14 +328,15 @@ for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.repl
 print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} images/s")
 
 # %% [markdown]
-# The answer, from these numbers (the release's run, full mode on the H200): both, for different rungs.
-# Both pipelines were timed at rung 2's batch of 512. There the PIL pipeline makes 21,630 images/s, more
-# than the 17,845 that the eager step trains: at batch 512 PIL could have fed this rung, with little
-# headroom, so most of the jump from rung 1 comes from the bigger batch, the fixed cost of a step shared
-# by 32 times more images. (At rung 1's batch 16 the PIL pipeline was not timed on its own; a
-# `DataLoader` pays its per-batch costs 32 times as often there.) The next rungs train faster than PIL
-# can make images (29,654 images/s with bf16, 88,262 at the last rung), so with PIL they would be capped
-# below 21,630 images/s. The tensor pipeline makes 247,916 and leaves the step the limit.
+# The answer, from these numbers (the release's run, full mode on the H200): both, already at rung 2.
+# Both pipelines were timed at rung 2's batch of 512. There the PIL pipeline makes 9,283 images/s, about
+# half the 17,943 that the eager step trains: at batch 512 PIL could not have fed even this rung. The
+# bigger batch alone, the fixed cost of a step shared by 32 times more images, would have been capped at
+# PIL's 9,283 images/s, 8.4x rung 1's 1,104; the rest of rung 2's 16.2x needs the batches made on the
+# device. (At rung 1's batch 16 the PIL pipeline was not timed on its own; a `DataLoader` pays its
+# per-batch costs 32 times as often there.) The next rungs train faster still (24,645 images/s with
+# bf16, 88,042 at the last rung), so with PIL every rung from 2 on would be capped at 9,283 images/s or
+# below. The tensor pipeline makes 226,048 and leaves the step the limit.
 #
 # In general, an input pipeline slower than the training step caps training at its own rate, however
 # fast the model runs; the PIL pipeline also takes CPU cores from the training process. On a GPU the tensor
@@ -435,13 +437,14 @@ print(prof.table(rows=8))
 # The profiler itself slows the CPU side: it records every operation, so the profiled step takes far
 # longer than without it, while the kernels it times still run on the GPU at their own speed. The share
 # it prints therefore understates how busy the GPU normally is; set the busy time against the step time
-# without the profiler instead, as the cell does. In the release's run your step took 26.7 ms under the
-# profiler and 16.1 ms without it (1.7x), and its kernels were busy for 10.9 of its 16.1 ms without it, about 68%: above the cell's 60% line, but the
-# GPU still sat idle for about a third of every step, waiting for Python to launch the next kernel. The
-# table lists the kernels that take the most GPU time. In the release's run the top one was
-# `GammaBetaBackward` (18%), part of LayerNorm's backward pass (the gradients of its scale and shift);
-# with LayerNorm's forward (`vectorized_layer_norm`) and its other backward kernel
-# (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than attention.
+# without the profiler instead, as the cell does. In the release's run your step took 38.5 ms under the
+# profiler and 22.0 ms without it (1.75x), and its kernels were busy for 10.9 of its 22.0 ms without it,
+# about half: below the cell's 60% line even so, and the GPU sat idle for about half of every step,
+# waiting for Python to launch the next kernel. The table lists the kernels that take the most GPU time.
+# In the release's run the top one was `GammaBetaBackward` (17%), part of LayerNorm's backward pass
+# (the gradients of its scale and shift); with LayerNorm's forward (`vectorized_layer_norm`) and its
+# other backward kernel (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than
+# attention.
 #
 # The busy time is a sum of the durations the profiler recorded, kernel by kernel: good for comparing
 # two steps profiled the same way, not an exact clock of the GPU. Kernels that run at the same time on
@@ -463,7 +466,7 @@ print(prof.table(rows=8))
 # residual addition, a LayerNorm and a GELU become one kernel that reads its input once and writes its
 # output once, instead of several kernels each writing an intermediate result to GPU memory and reading
 # it back. It also derives the backward pass of what it compiled, fused the same way. Fewer kernels,
-# fewer launches, less memory traffic. The price is the compile itself, paid at the first call: 14.2 s
+# fewer launches, less memory traffic. The price is the compile itself, paid at the first call: 18.5 s
 # for your loss in the release's run (below; how long depends on what the compiler's caches on disk
 # already hold), and up to tens of seconds for a whole step from empty caches: in run 11 of
 # `benchmarks/NOTES.md` (NVIDIA H200s), the first epochs of notebook 09's distilled step, whose loss
@@ -499,13 +502,16 @@ else:
 
 # %% [markdown]
 # In the release's run (full mode on the H200), compiling cut your step's kernels by a third, from 692
-# to 461, and their busy time under the profiler from 10.9 to 5.8 ms (fused kernels read and write
-# memory once); the package's step went from 17.3 to 10.4 ms, 1.66x the speed (29,654 to 49,284
-# images/s). Your compiled step timed 0.93x the package's there (45,929 images/s, 11.1 ms per step);
-# both compile the same loss on batches from the same compiled augmentation, and each was timed once, so
-# the ladder keeps the package's figure. Of your step's 11.1 ms, the profiler counts only about half as
-# GPU work (5.8 ms). The step is still launch-bound: every remaining kernel is still launched from Python, one at a
-# time.
+# to 461, and their busy time under the profiler from 10.9 to 6.0 ms (fused kernels read and write
+# memory once); your step went from 22.0 to 14.5 ms, 1.52x the speed (23,297 to 35,379 images/s). The
+# package's step gained much less: from 20.8 to 18.7 ms, 1.11x (24,645 to 27,328 images/s), so your
+# compiled step timed 1.29x the package's. Both compile the same loss on batches from the same compiled
+# augmentation, and each was timed once, but a gap this wide is far outside the other rungs' ratios
+# (0.95x to 1.05x), and this run does not show its cause. The package's compile rung is also the one
+# that has moved most between runs on the same kind of GPU: 1.08x over bf16 in one earlier run, 1.66x
+# in another (run 14 of `benchmarks/NOTES.md`). The ladder keeps the package's figure. Of your step's
+# 14.5 ms, the profiler counts only about 40% as GPU work (6.0 ms). The step is still launch-bound:
+# every remaining kernel is still launched from Python, one at a time.
 #
 # ## Rung 5: the whole step as one CUDA graph
 # Even compiled, a step still launches its kernels (the count above) one by one from Python: the forward
@@ -614,7 +620,7 @@ else:
           "times your graphed step, and compares a replay's GPU time (CUDA events) with its wall time")
 
 # %% [markdown]
-# A replay back to back takes as long as the GPU needs for it (5.71 against 5.74 ms): the launches no
+# A replay back to back takes as long as the GPU needs for it (5.71 against 5.75 ms): the launches no
 # longer hold the GPU back, and the step is now limited by the GPU's own work. What remains outside the
 # graph in your step is making the batch and copying it in: the difference between your whole step and a
 # replay (5.86 against 5.71 ms).
@@ -640,8 +646,8 @@ else:
 # Your graph leaves the batch making outside and the package's records it inside, so yours may be
 # slower, by up to the time that making and copying a batch takes (your whole step against a replay,
 # above: 5.86 against 5.71 ms in the release's run). There the two came out level (0.99x: 5.86 against
-# 5.80 ms per step). A gap of 0.06 ms is well inside the scatter of single timings (0.93x to 1.07x at
-# rungs 2 to 5), so this run cannot say whether recording the batch making saves any of those 0.15 ms.
+# 5.82 ms per step). A gap of 0.04 ms is well inside the scatter of single timings (0.95x to 1.05x at
+# rungs 1 to 3), so this run cannot say whether recording the batch making saves any of those 0.15 ms.
 # The package's graph is the one `train()` uses.
 #
 # ## How much of the hardware is used: FLOPs, the matrix-multiply rate, MFU
@@ -685,17 +691,20 @@ if GPU and runtime.MODE == "full":  # the release copies it into release/speed_l
 
 # %% [markdown]
 # Each bar is one change. In the release's run (full mode on the H200) the biggest jump is where work
-# per image leaves the CPU: big batches made on the device, 15.7x (12.5x against your step's 1,425
-# images/s at rung 1: that rung's figure is the noisiest). The next three rungs give about the same
-# each: bf16 1.66x, compiling 1.66x, the whole step as one graph 1.79x over rung 4. bf16 halves the
-# bytes every kernel moves and runs the matrix multiplies on the tensor cores, which shortens the GPU's
-# part of the step (28.7 to 17.3 ms per step; bf16 adds cast kernels and removes no launch, so the 11.4
-# ms it saved were the GPU's own work, which in float32 was at least that, 40% of the step); it leaves
-# the launch overhead untouched. Compiling fuses kernels: a third fewer launches and about half the
-# GPU's work (10.4 ms per step). The graph removes the launches from Python altogether (5.8 ms per step,
-# close to the 5.74 ms of GPU time that CUDA events measured for a replay of yours). The MFU column says
-# how far even the last rung is from the hardware's matrix-multiply rate: 15.5% of the 745 TFLOP/s
-# measured above.
+# per image leaves the CPU: big batches made on the device, 16.2x (15.5x against your step's 1,159
+# images/s at rung 1: that rung's figure is the noisiest). The next three rungs gave very different
+# factors: bf16 1.37x, compiling 1.11x, the whole step as one graph 3.22x over rung 4 (your own steps:
+# 1.30x, 1.52x and 2.47x). How the gain from rung 3 to rung 5 splits between compiling and the graph
+# depends on the rung-4 timing, which the package's step put low in this run (see rung 4); the two
+# together gave 3.57x, and 3.75x for your steps. bf16 halves the bytes every kernel moves and runs the
+# matrix multiplies on the tensor cores, which shortens the GPU's part of the step (28.5 to 20.8 ms per
+# step; bf16 adds cast kernels and removes no launch, so the 7.8 ms it saved were the GPU's own work,
+# which in float32 was at least that, 27% of the step); it leaves the launch overhead untouched.
+# Compiling fuses kernels: a third fewer launches and 45% less GPU busy time under the profiler (10.9 to
+# 6.0 ms, your step), which took your step from 22.0 to 14.5 ms and the package's only from 20.8 to
+# 18.7 ms. The graph removes the launches from Python altogether (5.8 ms per step, close to the 5.75 ms
+# of GPU time that CUDA events measured for a replay of yours). The MFU column says how far even the
+# last rung is from the hardware's matrix-multiply rate: 16.5% of the 698 TFLOP/s measured above.
 #
 # On a CPU only the first two rungs can run. The GPU ladder of the release (the run whose outputs are
 # stored in these notebooks, `release/speed_ladder.json`) is shown for comparison, labelled with its GPU
@@ -735,22 +744,22 @@ print(f"memory bandwidth (a copy, measured): {bandwidth:,.0f} GB/s; the peak rat
 
 # %% [markdown]
 # A multiply can run at the peak only if it does enough arithmetic per byte it moves: the peak rate
-# divided by the memory bandwidth, 196 FLOPs per byte in the release's run (last line). The big square
+# divided by the memory bandwidth, 201 FLOPs per byte in the release's run (last line). The big square
 # multiply does thousands; the model's multiplies, with one side only D wide, do 128 to 170, so memory
-# alone would cap them at about 490 to 650 TFLOP/s (FLOPs per byte times 3,800 GB/s). They measured 128
-# to 229, far below that cap: memory traffic is not what holds them back. Take the typical one, 33,280 x
-# 256 x 256: its 4.4 GFLOP take about 6 µs at 745 TFLOP/s, its 34 MB about 9 µs at 3,800 GB/s, and it
-# measured about 34 µs (4.4 GFLOP at 128 TFLOP/s). Most of that is cost per call, not work:
+# alone would cap them at about 440 to 590 TFLOP/s (FLOPs per byte times 3,470 GB/s). They measured 74
+# to 158, far below that cap: memory traffic is not what holds them back. Take the typical one, 33,280 x
+# 256 x 256: its 4.4 GFLOP take about 6 µs at 698 TFLOP/s, its 34 MB about 10 µs at 3,470 GB/s, and it
+# measured about 59 µs (4.4 GFLOP at 74 TFLOP/s). Most of that is cost per call, not work:
 # `matmul_tflops` times each call on its own, between two synchronisations, so each time includes a
 # launch and a wait for the GPU, and a kernel this short also loses some of its time starting up and
 # finishing. Fixed costs of microseconds weigh on a multiply of tens of microseconds; the big one, about
-# 1.5 ms (1.1 TFLOP at 745 TFLOP/s), hides them. In a training step the multiplies run back to back,
+# 1.6 ms (1.1 TFLOP at 698 TFLOP/s), hides them. In a training step the multiplies run back to back,
 # without a synchronisation between them (in rung 5 from one graph), so they lose less than here, but
 # each still lasts only microseconds; attention's are smaller still: per head it multiplies 65 x 32 by
 # 32 x 65. A wider model gives every multiply more work per call and lifts MFU: in run 7 of
 # `benchmarks/NOTES.md` (an NVIDIA H100), the `large` recipe's ViT (D = 384, 8 blocks, 11.87M
 # parameters) reached 23.7% MFU where this model reached 13.2%. On this release's H200 (full mode) this
-# model reaches 15.5% (the ladder above); the large model was not measured here.
+# model reaches 16.5% (the ladder above); the large model was not measured here.
 #
 # ## A time budget for a slower GPU
 # The fast recipe's length (420 epochs) was chosen for a fast GPU. On a slower one, `budget_minutes`
@@ -805,7 +814,7 @@ for name, ips, c in rows:
 # GPU we assume 30 s: compiling a whole loss from empty caches costs about that much (the first epochs
 # of notebook 09's distilled step took 28.6 to 36.5 s in run 11 of `benchmarks/NOTES.md`, on NVIDIA
 # H200s); with `compile_scope="blocks"`, which compiles one transformer block and reuses it for all six
-# instead of compiling the whole loss, the distilled recipe's first epoch took 17.4 s
+# instead of compiling the whole loss, the distilled recipe's first epoch took 17.0 s
 # (`release/benchmark.json`). The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its
 # clock readings say the same:
 
@@ -868,9 +877,11 @@ else:
 # cuda_graph=False`): the step is compiled (rung 4), but not recorded, so under DDP every kernel, the
 # all-reduce included, is launched from Python in every step ("eager" here means not graphed, not "not
 # compiled" as in the ladder). On two GPUs it trains 41,759 images/s: less than a third of the graphed
-# step's 136,086, and less even than rung 4 on one GPU above (49,284, measured two days later). A
-# launch-bound step gains nothing from a smaller share of the batch: each GPU still launches every
-# kernel, and the all-reduce comes on top.
+# step's 136,086, and less than half of the graphed step on one GPU (88,629). Without the graph each GPU
+# still launches every kernel from Python, and the all-reduce comes on top. Rung 4 on one GPU above
+# trained 27,328 images/s (35,379 with your step), but it was measured two days later, by this notebook
+# rather than by `benchmarks/ddp_speed.py`, and it moves between runs (rung 4 above), so these records
+# cannot say how much a second GPU adds to the compiled step without the graph.
 #
 # ## Exercises
 # 1. **Batch size against fixed cost.** Measure the eager training step of the small model at batch
@@ -953,7 +964,7 @@ else:
 # The same number of FLOPs runs five times slower at D = 16 than at D = 64 and above: a narrow multiply
 # does only D multiply-adds for each number it writes, so moving numbers, not arithmetic, sets its pace.
 # This CPU reaches its (low) peak from D = 64 on; a GPU does far more arithmetic for each byte it can
-# move (196 FLOPs per byte in the section above), so there the drop reaches much wider matrices, and
+# move (201 FLOPs per byte in the section above), so there the drop reaches much wider matrices, and
 # short multiplies also pay fixed costs per call, as that section found. Together, that is why the
 # article's D = 256 stays far from the peak.
 #

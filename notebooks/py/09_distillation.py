@@ -317,7 +317,7 @@ print(f"teacher: best validation accuracy {teacher_run.best_val_acc:.2%} (epoch 
 # T = 1 that is the ordinary softmax. A larger T shrinks the gaps between the logits, so the
 # probabilities come closer together: the top class keeps the largest share, but the others, which
 # at T = 1 are hardly visible, now show how the teacher ranks them ("this cat looks a bit like a dog,
-# not at all like a truck"). That ranking is what a label cannot say, and what soft distillation hands
+# hardly at all like a bird"). That ranking is what a label cannot say, and what soft distillation hands
 # the student. Here is such a cat. The cell looks at the teacher's answers for all 10,000 test images
 # and keeps the cats that it calls a cat, with more than half of its probability and at least twice
 # as much as its second choice, which must be dog; of those it shows the one whose other classes are
@@ -507,9 +507,9 @@ print(f"student: best validation accuracy {student_run.best_val_acc:.2%} (epoch 
       f"the first epoch {student_run.history[0]['seconds']:.1f} s")
 
 # %% [markdown]
-# The first epoch's time includes compiling the step on a GPU (06): 11.7 s of training here (13 s with
+# The first epoch's time includes compiling the step on a GPU (06): 13.3 s of training here (15 s with
 # its evaluation, in the budget line), against about 0.63 s for each later epoch, which run steadily
-# at about 70,500 images/s. The budget fitted 382 epochs, and the best validation epoch was 313.
+# at about 71,200 images/s. The budget fitted 382 epochs, and the best validation epoch was 313.
 #
 # ## The plain ViT, for comparison
 # The plain ViT is notebook 05's model: on a GPU, its best checkpoint, or the released weights that
@@ -602,7 +602,7 @@ print(f"the CNN is {100 * gap:.2f} points above the plain ViT; distillation wins
 # %% [markdown]
 # Read the table row by row ("best epoch" is the epoch of the checkpoint scored). The CNN is the
 # article's "basic CNN", done well: it beats the plain ViT in a fraction of the ViT's training time,
-# which is the article's conclusion, measured (in the stored run 90.47% against 86.66%, after 10.9 s
+# which is the article's conclusion, measured (in the stored run 90.47% against 86.66%, after 11.2 s
 # against 211.4 s, about a twentieth). The distilled ViT has the plain ViT's architecture and data;
 # the last line says how much of the CNN's lead the teacher's answers win back: here 3.31 of its 3.81
 # points (87%), to 89.97%, still 0.50 points below its teacher. Where two intervals do not overlap,
@@ -610,7 +610,7 @@ print(f"the CNN is {100 * gap:.2f} points above the plain ViT; distillation wins
 # neither of the others, while the distilled ViT's overlaps the CNN's, so the student and its teacher
 # are not told apart by this test set. Training noise (another seed) is not in the intervals, since
 # each model is one run. Every step of the student also runs the teacher's forward pass, which costs
-# images per second (compare the two ViTs' column: 70,539 against 87,915 here, a fifth fewer; on a CPU
+# images per second (compare the two ViTs' column: 71,160 against 87,915 here, a fifth fewer; on a CPU
 # shared with other work the timings are noisy): on a GPU the student's budget then fits fewer epochs
 # than 05's 420 (382 here).
 #
@@ -819,19 +819,19 @@ print("saved", checkpoint.shown(out))
 # where it has several. `benchmarks/NOTES.md` lists what was measured and what is left to try.
 #
 # This notebook's own run of `distilled` above is the same recipe with the same seed 0 (the teacher's
-# 11.3 s and the student's 252.3 s: 263.6 s of training), and it reached 89.97%, just under 90%, where
-# the benchmark's run of seed 0 printed below reached 90.36% over 375 epochs. The two runs differ in
+# 11.6 s and the student's 251.8 s: 263.4 s of training), and it reached 89.97%, just under 90%, where
+# the benchmark's run of seed 0 printed below reached 90.41% over 377 epochs. The two runs differ in
 # three ways that can be checked:
 # - **their length**: a time budget fixes the number of epochs after the first one, from that epoch's
 #   seconds, compiling included, and the speed measured in it (`Pace.fit_budget` in
-#   `vit_helpers/train`). The first epoch took 11.7 s here and 17.4 s in the benchmark, so the budget
-#   fitted 382 epochs here and 375 there; the cosine learning-rate schedule is stretched over each
+#   `vit_helpers/train`). The first epoch took 13.3 s here and 17.0 s in the benchmark, so the budget
+#   fitted 382 epochs here and 377 there; the cosine learning-rate schedule is stretched over each
 #   length, so after the warm-up the two runs take every step at a slightly different learning rate;
 # - **the weights scored**: this notebook tests the checkpoint of its best validation epoch (313), the
 #   benchmark the weights after its last epoch;
 # - **the GPU's arithmetic**: the project does not ask PyTorch for deterministic algorithms, and GPU
 #   kernels may add the same terms in another order from one run to the next, so even two runs of the
-#   same length drift apart.
+#   same length can drift apart.
 #
 # So a second run of the same recipe and seed is not a copy of the first, and a single run says little
 # about which side of 90% the recipe lands on; where the benchmark has several seeds, the spread the
