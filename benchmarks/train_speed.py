@@ -4,6 +4,8 @@ distilled ViT, and the airbench CNNs as the external peer.
 On a GPU:   python benchmarks/train_speed.py --out results.json
             python benchmarks/train_speed.py --recipes teacher,distilled,airbench94,airbench96
 On a CPU:   python benchmarks/train_speed.py --tiny      (a few seconds; what CI runs)
+Seeds:      python benchmarks/train_speed.py --seed 1 --out s1.json   (one invocation per seed, each cold), then
+            python benchmarks/train_speed.py --merge s0.json s1.json s2.json --out merged.json
 
 Prints one table: test accuracy, epochs, training seconds, images/s, time to 75% and 90% validation
 accuracy, model FLOPs utilisation against the measured bf16 matrix rate, peak GPU memory, the first epoch's
@@ -72,11 +74,14 @@ def forward_flops(model: torch.nn.Module, args) -> float:
 
 
 def run(name: str, data, device, epochs: int | None, tiny: bool, save_weights: Path | None, overrides: dict | None = None,
-        log: bool = False, model_overrides: dict | None = None, teacher: dict | None = None) -> dict:
-    """Train recipe `name` and measure it; `teacher`: a teacher row (with its "model") for a distilled recipe."""
+        log: bool = False, model_overrides: dict | None = None, teacher: dict | None = None, seed: int | None = None) -> dict:
+    """Train recipe `name` and measure it; `teacher`: a teacher row (with its "model") for a distilled recipe; `seed`:
+    the run's seed (initial weights, batches, augmentation and the validation split) instead of the recipe's."""
     args, cfg = recipe(name)
     args = args.replace(**(model_overrides or {}))
     changes = {"epochs": epochs} if epochs else {}
+    if seed is not None:
+        changes["seed"] = seed
     changes.update(overrides or {})
     if tiny:
         args = (args.replace(dim=32, hidden_dim=64, n_heads=2, n_layers=2) if isinstance(args, ModelArgs)
@@ -104,7 +109,7 @@ def run(name: str, data, device, epochs: int | None, tiny: bool, save_weights: P
     before = teacher["train_seconds"] if teacher else 0.0  # a distilled run's clock starts with its teacher's training
     flops = forward_flops(model, args)
     row = {
-        "recipe": name, "params": count_parameters(model), "epochs": len(h), "recipe_epochs": full_epochs,
+        "recipe": name, "seed": cfg.seed, "params": count_parameters(model), "epochs": len(h), "recipe_epochs": full_epochs,
         "test_acc": test_acc, "best_val_acc": result.best_val_acc, "train_seconds": before + result.train_seconds,
         "wall_seconds": wall, "first_epoch_seconds": h[0]["seconds"], "median_epoch_seconds": statistics.median(secs),
         "images_per_s": statistics.median(steady), "time_to_75": time_to(h, 0.75, before), "time_to_90": time_to(h, 0.90, before),
@@ -128,7 +133,8 @@ def run(name: str, data, device, epochs: int | None, tiny: bool, save_weights: P
 
 
 def run_airbench(name: str, data, device, val_size: int = 5000, seed: int = 0) -> dict:
-    """airbench's own training (its defaults) on our training split, tested on our test set with its TTA."""
+    """airbench's own training (its defaults) on our training split of `seed`, tested on our test set with its TTA. Its
+    initial weights and batches come from torch's global generator, seeded with `seed` first."""
     import os
     import tempfile
 
@@ -153,6 +159,7 @@ def run_airbench(name: str, data, device, val_size: int = 5000, seed: int = 0) -
             getattr(airbench, f"warmup{name[-2:]}")(verbose=True)  # one step: cuDNN's algorithm search, as its README does
             torch.cuda.reset_peak_memory_stats(device)
             torch.cuda.synchronize()
+            torch.manual_seed(seed)
             t0 = time.perf_counter()
             model = getattr(airbench, f"train{name[-2:]}")(verbose=False)
             torch.cuda.synchronize()
@@ -162,7 +169,7 @@ def run_airbench(name: str, data, device, val_size: int = 5000, seed: int = 0) -
         finally:
             os.chdir(here)
     epochs = lib.hyp["opt"]["train_epochs"]
-    return {"recipe": name, "params": count_parameters(model), "epochs": epochs, "recipe_epochs": epochs, "test_acc": test_acc,
+    return {"recipe": name, "seed": seed, "params": count_parameters(model), "epochs": epochs, "recipe_epochs": epochs, "test_acc": test_acc,
             "best_val_acc": None, "train_seconds": seconds, "images_per_s": len(train_idx) * epochs / seconds,
             "time_to_75": None, "time_to_90": None, "flops_per_image": None, "step_flops_per_image": None,
             "batch_size": lib.hyp["opt"]["batch_size"], "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30,
@@ -192,6 +199,88 @@ def table(rows: list[dict], peak_tflops: float | None) -> str:
         lines.append(f"| {r['recipe']} | {r['params'] / 1e6:.2f}M | {epochs} | {acc} | {train_s} | {r['images_per_s']:,.0f} | "
                      f"{fmt(r['time_to_75'])} | {fmt(r['time_to_90'])} | {fmt(mfu, '{:.1%}')} | {fmt(r['peak_mem_gib'], '{:.2f}')} | "
                      f"{fmt(r.get('first_epoch_seconds'))} |")
+    return "\n".join(lines)
+
+
+def file_seed(result: dict) -> int:
+    """The seed of one invocation's results: its --seed, or (without one) its rows' own, which must agree."""
+    if result.get("seed") is not None:
+        return result["seed"]
+    seeds = {r["config"]["seed"] for r in result["rows"] if "config" in r}
+    if len(seeds) != 1:
+        raise SystemExit(f"an invocation without --seed whose rows ran with seeds {sorted(seeds)}: give each seed its own run")
+    return seeds.pop()
+
+
+def spread(values: list[float]) -> dict:
+    """mean, standard deviation (None for one value), min and max."""
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values)}
+
+
+def merge_seeds(results: list[dict]) -> dict:
+    """Several invocations, one per seed, with the same rows, as one result: per recipe the test accuracy's and the
+    training time's mean, spread and range, and each seed's row (its history is in that seed's own file)."""
+    by_seed = {file_seed(r): r for r in results}
+    if len(by_seed) != len(results):
+        raise SystemExit("two results with the same seed: one file per seed")
+    recipes = [[row["recipe"] for row in r["rows"]] for r in by_seed.values()]
+    if any(names != recipes[0] for names in recipes):
+        raise SystemExit(f"the seeds' files have different rows: {recipes}; run the same --recipes for every seed")
+    seeds = sorted(by_seed)
+    rows = []
+    for i, name in enumerate(recipes[0]):
+        runs = [{k: v for k, v in by_seed[s]["rows"][i].items() if k != "history"} | {"seed": s} for s in seeds]
+        rows.append({"recipe": name, "params": runs[0]["params"], "seeds": seeds,
+                     "test_acc": spread([r["test_acc"] for r in runs]), "train_seconds": spread([r["train_seconds"] for r in runs]),
+                     "epochs": spread([r["epochs"] for r in runs]), "images_per_s": spread([r["images_per_s"] for r in runs]),
+                     **{key: spread(times) if (times := [r[key] for r in runs if r.get(key) is not None]) else None
+                        for key in ("time_to_75", "time_to_90")},
+                     "first_epoch_seconds": spread([r["first_epoch_seconds"] for r in runs]) if "first_epoch_seconds" in runs[0] else None,
+                     "runs": runs})
+    return {"seeds": seeds, "environment": "\n".join(f"seed {s}: {by_seed[s]['environment']}" for s in seeds),
+            "peak_tflops": {str(s): by_seed[s]["peak_tflops"] for s in seeds}, "table": seeds_table(rows),
+            "seed_table": per_seed_table(rows), "rows": rows}
+
+
+def seeds_table(rows: list[dict]) -> str:
+    """One line per recipe over its seeds: test accuracy mean +- standard deviation and range, the training time's mean
+    and slowest seed, epochs, images/s, when validation first reached 75% and 90% (mean over the seeds that reached
+    it, and how many did), the first epoch."""
+    n = len(rows[0]["seeds"])
+    lines = [f"| recipe | params | seeds | test acc, mean ± sd | test acc, min - max | train s, mean (max) | epochs | images/s | "
+             "to 75% (s), mean (seeds) | to 90% (s), mean (seeds) | 1st epoch s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def reach(r: dict, key: str) -> str:
+        if all(run.get("best_val_acc") is None for run in r["runs"]):
+            return "-"  # airbench: no validation curve
+        times = [run[key] for run in r["runs"] if run.get(key) is not None]
+        return f"{statistics.mean(times):.1f} ({len(times)} of {n})" if times else f"- (0 of {n})"
+
+    for r in rows:
+        acc, secs = r["test_acc"], r["train_seconds"]
+        sd = f" ± {100 * acc['sd']:.2f}" if acc["sd"] is not None else ""
+        lo, hi = r["epochs"]["min"], r["epochs"]["max"]
+        epochs = f"{lo:g}" if lo == hi else f"{r['epochs']['mean']:.0f} ({lo:g}-{hi:g})"  # a time budget picks each seed's
+        first = fmt(r["first_epoch_seconds"]["mean"] if r["first_epoch_seconds"] else None)
+        lines.append(f"| {r['recipe']} | {r['params'] / 1e6:.2f}M | {n} | {100 * acc['mean']:.2f}%{sd} | {100 * acc['min']:.2f}% - "
+                     f"{100 * acc['max']:.2f}% | {secs['mean']:.1f} ({secs['max']:.1f}) | {epochs} | {r['images_per_s']['mean']:,.0f} | "
+                     f"{reach(r, 'time_to_75')} | {reach(r, 'time_to_90')} | {first} |")
+    return "\n".join(lines)
+
+
+def per_seed_table(rows: list[dict]) -> str:
+    """Each seed's test accuracy and training time, a column per seed."""
+    seeds = rows[0]["seeds"]
+    lines = ["| recipe | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for r in rows:
+        cells = []
+        for run in r["runs"]:
+            t = f"{run['train_seconds']:.1f} s"
+            if run.get("teacher"):
+                t += f" ({run['teacher_seconds']:.1f} + {run['student_seconds']:.1f})"
+            cells.append(f"{100 * run['test_acc']:.2f}% in {t}")
+        lines.append(f"| {r['recipe']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -250,11 +339,22 @@ def main(argv=None) -> int:
                    help="override a TrainConfig field of the teacher recipes (and of the teachers the distilled ones train)")
     p.add_argument("--teacher-model-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a CNNArgs field of the teacher recipes, e.g. --teacher-model-set stem_width=32")
+    p.add_argument("--seed", type=int, default=None, help="every row's seed (its initial weights, batches, augmentation "
+                   "and validation split; airbench's too) instead of each recipe's own (0)")
     p.add_argument("--log", action="store_true", help="print the training progress")
     p.add_argument("--save-weights", type=Path, default=None, help="save the fast recipe's trained model here")
     p.add_argument("--warm-compile", action="store_true", help="keep torch.compile's caches and the vit_helpers compile "
                    "cache (default: start them empty, as a fresh machine does, and report cold numbers)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON", help="instead of training: merge the "
+                   "results of several invocations, one per --seed, into --out (mean, spread and range per recipe)")
     a = p.parse_args(argv)
+    if a.merge:
+        merged = merge_seeds([json.loads(f.read_text()) for f in a.merge])
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(merged, indent=1))
+        print(merged["table"] + "\n\n" + merged["seed_table"])
+        return 0
     fresh = None if a.warm_compile else cold_compile_caches()
     try:
         return measure_all(a, fresh)
@@ -287,9 +387,9 @@ def measure_all(a: argparse.Namespace, fresh: Path | None) -> int:
     def measure(name: str) -> dict:
         print(f"== {name} ==", flush=True)
         if name in AIRBENCH:
-            return run_airbench(name, data, device)
+            return run_airbench(name, data, device, seed=0 if a.seed is None else a.seed)
         if name in TEACHER_RECIPES.values():
-            row, model = run(name, data, device, None, a.tiny, None, teacher_overrides, a.log, teacher_model_overrides)
+            row, model = run(name, data, device, None, a.tiny, None, teacher_overrides, a.log, teacher_model_overrides, seed=a.seed)
             teachers[name] = {**row, "model": model}
             row["overrides"] = {**teacher_overrides, **{f"model.{k}": v for k, v in teacher_model_overrides.items()}}
             return row
@@ -301,7 +401,7 @@ def measure_all(a: argparse.Namespace, fresh: Path | None) -> int:
             teacher = teachers[TEACHER_RECIPES[name]]
         row, _ = run(name, data, device, a.article_epochs if plain else a.epochs, a.tiny,
                      a.save_weights if name == "fast" else None, None if plain else overrides, a.log,
-                     None if plain else model_overrides, teacher)
+                     None if plain else model_overrides, teacher, seed=a.seed)
         row["overrides"] = {} if plain else {**overrides, **{f"model.{k}": v for k, v in model_overrides.items()}}
         return row
 
@@ -318,7 +418,7 @@ def measure_all(a: argparse.Namespace, fresh: Path | None) -> int:
           "per image (3 x forward, plus the teacher's forward when distilling) x images/s over the measured bf16 rate.")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"environment": env, "peak_tflops": peak, "table": text, "rows": rows}, indent=1))
+        a.out.write_text(json.dumps({"environment": env, "peak_tflops": peak, "seed": a.seed, "table": text, "rows": rows}, indent=1))
     return 0
 
 

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,6 +39,46 @@ def test_benchmark_tiny_on_cpu(tmp_path):
     distilled = result["rows"][-1]
     assert distilled["teacher"] == "teacher" and distilled["teacher_seconds"] > 0
     assert distilled["train_seconds"] == distilled["teacher_seconds"] + distilled["student_seconds"]
+
+
+def test_seeds_run_apart_and_merge_into_one_table(tmp_path):
+    """--seed N gives every row that seed (its weights, batches and split differ); --merge makes one result of the seeds'
+    files: per recipe the mean, spread and range, each seed's row, and a table of each; mismatched files are refused."""
+    files = []
+    for seed in (0, 1):
+        files.append(tmp_path / f"seed{seed}.json")
+        run_tiny(files[-1], "--recipes", "fast,teacher", "--epochs", "1", "--seed", str(seed))
+    results = [json.loads(f.read_text()) for f in files]
+    assert [r["seed"] for r in results] == [0, 1]
+    assert all(row["seed"] == row["config"]["seed"] == res["seed"] for res in results for row in res["rows"])
+    assert results[0]["rows"][0]["history"][0]["train_loss"] != results[1]["rows"][0]["history"][0]["train_loss"]
+    merged_path = tmp_path / "merged.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--merge", *map(str, files), "--out",
+                           str(merged_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    merged = json.loads(merged_path.read_text())
+    assert merged["seeds"] == [0, 1] and [r["recipe"] for r in merged["rows"]] == ["fast", "teacher"]
+    fast = merged["rows"][0]
+    accs = [res["rows"][0]["test_acc"] for res in results]
+    assert fast["test_acc"]["mean"] == pytest.approx(sum(accs) / 2) and fast["test_acc"]["min"] == min(accs)
+    assert [run["seed"] for run in fast["runs"]] == [0, 1] and all("history" not in run for run in fast["runs"])
+    assert merged["table"] in proc.stdout and "| recipe | seed 0 | seed 1 |" in merged["seed_table"]
+    assert f"| fast | {fast['params'] / 1e6:.2f}M | 2 | {100 * fast['test_acc']['mean']:.2f}% ± " in merged["table"]
+    train_speed = train_speed_module()
+    with pytest.raises(SystemExit, match="same seed"):
+        train_speed.merge_seeds([results[0], results[0]])
+    other_rows = dict(results[1], rows=results[1]["rows"][:1])
+    with pytest.raises(SystemExit, match="different rows"):
+        train_speed.merge_seeds([results[0], other_rows])
+
+
+def train_speed_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_a_cosine_recipe_given_fewer_epochs_ran_its_whole_schedule(tmp_path):

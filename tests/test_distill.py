@@ -47,7 +47,9 @@ def test_weight_zero_is_the_plain_step_bitwise(tiny_args, distill, mix_prob):
         distilled(batch, lr_at(i, cfg, len(batches)))
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), n
-    assert torch.equal(plain.totals, distilled.totals)
+    # the loss, correct predictions and labels' term; the teacher's term is recorded (and nonzero) but weighs 0
+    assert torch.equal(plain.totals[:3], distilled.totals[:3])
+    assert plain.totals[3] == 0 and distilled.totals[3] > 0
 
 
 @pytest.mark.parametrize("distill", ["hard", "soft"])
@@ -88,6 +90,37 @@ def test_soft_distillation_is_hintons_kl_at_a_temperature():
     by_hand = T * T * (p * (p.log() - q.log())).sum(-1).mean()
     torch.testing.assert_close(teacher_loss(logits, t_logits, cfg), by_hand)
     assert teacher_loss(t_logits, t_logits, cfg).abs() < 1e-6  # agreeing with the teacher costs nothing
+
+
+@pytest.mark.parametrize("distill", ["hard", "soft"])
+def test_the_step_sums_the_loss_and_its_two_terms(tiny_args, distill):
+    """TrainStep.loss hands `totals` the batch's sums of the loss, the correct predictions and the loss's two terms
+    before weighting (notebook 09 plots them), each equal to its own computation, and the loss is their weighted sum."""
+    cfg = CFG.replace(distill=distill, distill_weight=0.7, **({"distill_temperature": 3.0} if distill == "soft" else {}))
+    torch.manual_seed(0)
+    model, t = VisionTransformer(tiny_args).eval(), teacher()
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+    with torch.no_grad():
+        loss, sums = TrainStep(model, cfg, torch.device("cpu"), teacher=t).loss(x, y)
+        logits, t_logits = model(x), t.eval()(x)
+    labels_term = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    teacher_term = teacher_loss(logits, t_logits, cfg)
+    torch.testing.assert_close(loss, 0.3 * labels_term + 0.7 * teacher_term)
+    torch.testing.assert_close(sums, torch.stack([8 * loss, (logits.argmax(-1) == y).sum().float(), 8 * labels_term, 8 * teacher_term]))
+    with torch.no_grad():
+        plain_loss, plain_sums = TrainStep(model, CFG, torch.device("cpu")).loss(x, y)
+    torch.testing.assert_close(plain_sums, torch.stack([8 * plain_loss, sums[1], 8 * plain_loss, torch.tensor(0.0)]))
+
+
+def test_a_distilled_history_records_both_terms(tiny_args):
+    """train() keeps each epoch's mean of the two terms when distilling (and only then); they make up train_loss."""
+    cfg = CFG.replace(distill="soft", distill_weight=0.7, distill_temperature=3.0)
+    h = train(VisionTransformer(tiny_args), synthetic_data(), cfg, teacher=teacher(), device="cpu", progress=False).history
+    for r in h:
+        assert r["train_teacher_loss"] > 0 and r["train_labels_loss"] > 0
+        assert r["train_loss"] == pytest.approx(0.3 * r["train_labels_loss"] + 0.7 * r["train_teacher_loss"], rel=1e-5)
+    plain = train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(epochs=1), device="cpu", progress=False).history
+    assert not {"train_labels_loss", "train_teacher_loss"} & plain[0].keys()
 
 
 def test_a_teacher_with_other_classes_is_refused_before_training(tiny_args):

@@ -86,17 +86,35 @@ def test_readme_quotes_the_release():
 
 
 def test_readme_quotes_the_release_benchmark():
-    """The README's benchmark table is release/benchmark.json's, from one invocation on the release's GPU."""
+    """The README's benchmark tables are release/benchmark.json's, the merge of one invocation per seed on the release's
+    GPU (release/benchmark/seed<N>.json), none older than the model 05 trained."""
+    import importlib.util
+
     m = manifest()
     assert "benchmark" in m, "the release has no benchmark part (python tools/run_series.py --release --only benchmark)"
+    record = m["benchmark"]
+    assert record.get("seeds"), "the manifest's benchmark record lists no seed (run_series.py --release --only benchmark --seeds N)"
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
+    train_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_speed)
+    parts = []
+    for seed, part in record["seeds"].items():
+        result = json.loads((ROOT / part["file"]).read_text())
+        assert train_speed.file_seed(result) == int(seed), f"{part['file']} ran with another seed than {seed}"
+        assert f"hardware: {m['gpu']}" in result["environment"], f"seed {seed} ran on another GPU: {result['environment']}"
+        assert [r["recipe"] for r in result["rows"]] == record["rows"], f"seed {seed} has other rows than the release's"
+        parts.append(result)
     bench = json.loads((RELEASE / "benchmark.json").read_text())
-    assert f"hardware: {m['gpu']}" in bench["environment"], f"the benchmark ran on another GPU: {bench['environment']}"
-    assert [r["recipe"] for r in bench["rows"]] == m["benchmark"]["rows"]
+    merged = train_speed.merge_seeds(parts)
+    assert bench["seeds"] == sorted(map(int, record["seeds"])), "release/benchmark.json merges other seeds than the manifest lists"
+    assert (bench["table"], bench["seed_table"]) == (merged["table"], merged["seed_table"]), \
+        "release/benchmark.json is not the merge of the seeds' files: run_series.py merges them after each seed"
     readme = (ROOT / "README.md").read_text()
     assert bench["table"] in readme, "the README must hold release/benchmark.json's table unchanged"
-    assert m["benchmark"]["date"] in readme
+    assert bench["seed_table"] in readme, "the README must hold release/benchmark.json's table of seeds unchanged"
+    assert record["date"] == min(part["date"] for part in record["seeds"].values()) and record["date"] in readme
     trained = m["notebooks"]["05_training"]["date"]
-    assert m["benchmark"]["date"] >= trained, f"the benchmark ({m['benchmark']['date']}) is older than the model 05 trained ({trained})"
+    assert record["date"] >= trained, f"the benchmark ({record['date']}) is older than the model 05 trained ({trained})"
 
 
 def test_readme_quotes_the_distillation_notebook():
@@ -123,6 +141,19 @@ def test_the_going_fast_notebook_shows_the_release_speed_ladder():
     assert ladder.table() in stored, "06's stored output must show release/speed_ladder.json's table unchanged"
     for row in ladder.rows:
         assert f"{row['step']}: {row['images_per_s']:,.0f} images/s" in stored, f"06 must show the measured {row['step']!r}"
+
+
+def test_readme_shows_the_release_speed_ladder():
+    """The README's speed-ladder table is release/speed_ladder.json's, row for row (images/s rounded to integers)."""
+    path = RELEASE / "speed_ladder.json"
+    if not path.is_file():
+        pytest.skip("release/speed_ladder.json does not exist yet: the next GPU release writes it (notebook 06 in full mode)")
+    ladder = json.loads(path.read_text())
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("**The speed ladder**"):]
+    table = section[section.index("| step | images/s |"):].split("\n\n")[0].splitlines()[2:]
+    expected = [f"| {row['step']} | {round(row['images_per_s']):,} |" for row in ladder["rows"]]
+    assert table == expected, "the README's speed ladder must show release/speed_ladder.json's rows:\n" + "\n".join(expected)
 
 
 def test_readme_quotes_the_several_gpu_run():

@@ -1,6 +1,8 @@
 """Training: the loop learns, checkpoints round-trip, resume is exact, NaN stops, configs are checked."""
+import itertools
 import math
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -222,16 +224,24 @@ def test_train_runs_the_plain_step_on_the_cpu(tiny_args, monkeypatch):
     assert calls == [CFG.batch_size] * (2 * steps_per_epoch)
 
 
-def notebook_05_step():
-    """The training step notebook 05 writes, taken from its twin (the cell that defines `training_step`)."""
+def notebook_05(*names: str, **modules) -> dict:
+    """The functions `names` as notebook 05 writes them, taken from its twin (each function alone, not the rest of its
+    cell), defined in one namespace holding what the notebook imported earlier (`modules` replace those)."""
+    import ast
     import jupytext
     from pathlib import Path
 
     nb = jupytext.read(Path(__file__).resolve().parents[1] / "notebooks" / "py" / "05_training.py")
-    cell = next(c.source for c in nb.cells if c.cell_type == "code" and "def training_step(" in c.source)
-    namespace = {"torch": torch, "F": torch.nn.functional}  # what the notebook imported earlier
-    exec(cell, namespace)
-    return namespace["training_step"]
+    defs = {node.name: node for c in nb.cells if c.cell_type == "code" for node in ast.parse(c.source).body
+            if isinstance(node, ast.FunctionDef)}
+    namespace = {"torch": torch, "F": torch.nn.functional, "math": math, "time": __import__("time"), **modules}
+    exec(compile(ast.Module([defs[n] for n in names], type_ignores=[]), "05_training.py", "exec"), namespace)
+    return namespace
+
+
+def notebook_05_step():
+    """The training step notebook 05 writes."""
+    return notebook_05("training_step")["training_step"]
 
 
 def test_notebook_05_step_equals_the_step_train_runs(tiny_args):
@@ -254,6 +264,38 @@ def test_notebook_05_step_equals_the_step_train_runs(tiny_args):
         mine(b, opt, x, y, lr, cfg)
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), n
+
+
+def test_history_seconds_are_each_epochs_own_and_the_table_prints_their_sum(tiny_args, monkeypatch, capsys):
+    """A record's `seconds` is that epoch's training time, not a running total; train_seconds and the table's time
+    column are their sum (so far). Read on a clock that moves one second each time the run reads it."""
+    from vit_helpers import train as T
+
+    clock = itertools.count()
+    monkeypatch.setattr(T.Pace, "_now", lambda self, device: float(next(clock)))
+    result = train(VisionTransformer(tiny_args), synthetic_data(), CFG.replace(epochs=3), progress=False)
+    seconds = [h["seconds"] for h in result.history]
+    assert seconds == [3.0, 1.0, 1.0]  # start and stop; the first epoch also reads the clock twice to time its steps
+    assert result.train_seconds == sum(seconds)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if re.match(r"\s+\d+/3\s", line)]
+    assert [row[-1] for row in rows] == [f"{t:.0f}s" for t in itertools.accumulate(seconds)]
+
+
+def test_notebook_05_fit_records_seconds_as_train_does(tiny_args, capsys):
+    """The loop notebook 05 writes keeps each epoch's own training time under `seconds`, as train()'s history does
+    (issue 28: it kept a running total), and prints their running sum, as train()'s time column does."""
+    from vit_helpers.data import GPUBatches
+
+    clock = itertools.count()
+    fake_time = SimpleNamespace(perf_counter=lambda: float(next(clock)))
+    fit = notebook_05("lr_schedule", "training_step", "evaluate_model", "fit", time=fake_time)["fit"]
+    data = synthetic_data()
+    batches = GPUBatches(data.train_x[:128], data.train_y[:128], 32, shuffle=True, drop_last=True, policy="crop_flip")
+    val = GPUBatches(data.test_x[:64], data.test_y[:64], 64)
+    model = VisionTransformer(tiny_args)
+    history = fit(model, torch.optim.AdamW(model.parameters(), lr=1e-3), batches, val, CFG, 3, 1)
+    assert [h["seconds"] for h in history] == [1.0, 1.0, 1.0]  # one read at the start and one at the end of each epoch
+    assert [line.split()[-2:] for line in capsys.readouterr().out.splitlines()] == [["1", "s"], ["2", "s"], ["3", "s"]]
 
 
 # ---- checkpoints: one owner, resume refused on another run, load_or_train ----

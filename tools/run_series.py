@@ -6,12 +6,13 @@
 
 The release executes every notebook in place with a fresh training run (VIT_RETRAIN=1), makes notebook
 05's best checkpoint the released weights, then runs the benchmark (benchmarks/train_speed.py, the rows in
-RELEASE_BENCHMARK, one invocation) and records in release/ what the README quotes: the GPU, the date, the
-versions, each notebook's time, the results files the notebooks write (outputs/*.json: 06's speed ladder becomes
-release/speed_ladder.json) and the benchmark (release/benchmark.json). 05 runs first, so that 04 and 06-09 read the model this release trained. Where one
-command cannot hold it all, run it in parts (--only 01 02 03 04 05 06,
-then --only 07 08 09, then --only benchmark) on the same checkout, carrying checkpoints/ between them: each
-part adds to release/, and every part must run on the same kind of GPU.
+RELEASE_BENCHMARK, one invocation per seed of BENCHMARK_SEEDS) and records in release/ what the README quotes: the GPU,
+the date, the versions, each notebook's time, the results files the notebooks write (outputs/*.json: 06's speed ladder
+becomes release/speed_ladder.json) and the benchmark (release/benchmark/seed<N>.json, merged in release/benchmark.json).
+05 runs first, so that 04 and 06-09 read the model this release trained. Where one command cannot hold it all, run it
+in parts (--only 01 02 03 04 05 06, then --only 07 08 09, then --only benchmark --seeds 0, then --seeds 1, then
+--seeds 2) on the same checkout, carrying checkpoints/ between them: each part adds to release/, and every part must
+run on the same kind of GPU.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 01 05; with --release, \"benchmark\" runs the benchmark")
     p.add_argument("--cell-timeout", type=int, default=3600)
     p.add_argument("--release", action="store_true", help="on a GPU: execute in place, retrain, update the released weights and release/")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(BENCHMARK_SEEDS), help="with --release: the benchmark's seeds "
+                   f"to run now, one invocation each (default: all of {list(BENCHMARK_SEEDS)}; a part may run some of them)")
     a = p.parse_args(argv)
     if a.release:
         import torch
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
         if a.release:
             record_release(nb_path.stem, seconds)
     if benchmark:
-        run_release_benchmark()
+        run_release_benchmark(a.seeds)
     if not notebooks:
         return 0
     print(f"\nexecuted notebooks: {out_dir}")
@@ -142,6 +145,10 @@ RELEASE_DIR = ROOT / "release"
 # and its 30-second attempt, and the airbench CNN as the external peer on the same data and GPU (optional package, see
 # the README). train_speed.py starts torch.compile cold (empty caches), as on a fresh machine, even after the notebooks.
 RELEASE_BENCHMARK = ("teacher", "distilled", "distilled_sprint", "airbench94", "airbench96")
+# Each recipe of the benchmark runs with these seeds, one invocation of train_speed.py per seed (each in its own process,
+# so each starts torch.compile cold). One seed takes about 6 minutes on an H200: a part (--only benchmark --seeds 1) may
+# run some of them. release/benchmark/seed<N>.json holds each; release/benchmark.json merges those present.
+BENCHMARK_SEEDS = (0, 1, 2)
 
 
 def release_order(notebooks: list[Path]) -> list[Path]:
@@ -192,20 +199,38 @@ def write_manifest(manifest: dict) -> None:
     (RELEASE_DIR / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def run_release_benchmark() -> None:
-    """One invocation of benchmarks/train_speed.py over RELEASE_BENCHMARK, into release/benchmark.json."""
+def run_release_benchmark(seeds: list[int]) -> None:
+    """One invocation of benchmarks/train_speed.py over RELEASE_BENCHMARK per seed, into release/benchmark/seed<N>.json,
+    each recorded in the manifest as it ends; then release/benchmark.json merges every seed's file."""
     open_manifest()  # refuses another GPU before the benchmark runs
-    out = RELEASE_DIR / "benchmark.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--recipes", ",".join(RELEASE_BENCHMARK), "--out", str(out)]
-    print("running the benchmark:", " ".join(["benchmarks/train_speed.py", *cmd[3:-1], "release/benchmark.json"]), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    with manifest_lock():  # read again: other parts may have added to it meanwhile
-        manifest, here = open_manifest()
-        manifest.update(here)
-        manifest["benchmark"] = {"file": "release/benchmark.json", "rows": list(RELEASE_BENCHMARK), "date": here["date"],
-                                 "seconds": round(time.perf_counter() - t0, 1)}
-        write_manifest(manifest)
+    if unknown := sorted(set(seeds) - set(BENCHMARK_SEEDS)):
+        raise SystemExit(f"--seeds {unknown}: the release benchmark's seeds are {list(BENCHMARK_SEEDS)}")
+    for seed in seeds:
+        out = RELEASE_DIR / "benchmark" / f"seed{seed}.json"
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--recipes", ",".join(RELEASE_BENCHMARK), "--seed", str(seed),
+               "--out", str(out)]
+        print("running the benchmark:", " ".join(["benchmarks/train_speed.py", *cmd[3:-1], out.relative_to(ROOT).as_posix()]), flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        with manifest_lock():  # read again: other parts may have added to it meanwhile
+            manifest, here = open_manifest()
+            manifest.update(here)
+            record = manifest.setdefault("benchmark", {})
+            record.setdefault("seeds", {})[str(seed)] = {"file": out.relative_to(ROOT).as_posix(), "date": here["date"],
+                                                         "seconds": round(time.perf_counter() - t0, 1)}
+            merge_release_benchmark(record)
+            write_manifest(manifest)
+
+
+def merge_release_benchmark(record: dict) -> None:
+    """release/benchmark.json from the seeds the manifest's benchmark record lists; the record's date is the oldest
+    seed's (the benchmark is as old as its oldest part)."""
+    files = [ROOT / record["seeds"][s]["file"] for s in sorted(record["seeds"], key=int)]
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--merge", *map(str, files), "--out",
+                    str(RELEASE_DIR / "benchmark.json")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    record.update(file="release/benchmark.json", rows=list(RELEASE_BENCHMARK),
+                  date=min(part["date"] for part in record["seeds"].values()),
+                  seconds=round(sum(part["seconds"] for part in record["seeds"].values()), 1))
 
 
 def record_release(notebook: str, seconds: float) -> None:

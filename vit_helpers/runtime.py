@@ -29,10 +29,17 @@ QUICK = MODE == "quick"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def device_name() -> str:
+    """The hardware this run trains on, in one line: the GPU's name, or the CPU's with its thread count."""
+    if DEVICE.type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def describe() -> str:
     """Which mode this run is in and on what hardware: a short line, then what the mode trains on indented below
-    (one long line would wrap mid-word in a notebook's output)."""
-    hw = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    (one long line would wrap mid-word in a notebook's output). For the hardware alone, `device_name()`."""
+    hw = device_name()
     why = f"forced by {MODE_ENV}" if os.environ.get(MODE_ENV) else ("a GPU was found" if MODE == "full" else "no GPU was found")
     what = (["training: the full recipe"] if MODE == "full" else
             ["training: a small model on a subset (real results, smaller)", "analysis: the released full model"])

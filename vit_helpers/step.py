@@ -122,7 +122,8 @@ class TrainStep:
         self.optimizer = make_optimizer(model, cfg, device, capturable)
         self.amp_dtype, needs_scaler = autocast_settings(cfg.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
-        self.totals = torch.zeros(2, device=device)  # this epoch's summed loss and correct predictions, on the device
+        # this epoch's sums, on the device: the loss, correct predictions, and the loss's two terms (labels, teacher)
+        self.totals = torch.zeros(4, device=device)
         self.ema = self.make_ema(model) if cfg.ema_decay else None  # the weights' moving average (cfg.ema_decay)
         self.compile_mode = "default" if capturable else cfg.compile_mode  # (a CUDA graph records the kernels itself)
         if compiles(cfg, device) and cfg.compile_scope == "step":  # fuse the model and the loss into fewer kernels
@@ -140,7 +141,7 @@ class TrainStep:
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Forward, loss, backward, clip, optimizer step; never waits for the GPU (a CUDA graph can record it)."""
-        loss, n_correct = self.loss(x, y)
+        loss, sums = self.loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # the scaler multiplies the loss only for float16 (else a no-op)
         if self.cfg.grad_clip is not None:
@@ -150,20 +151,27 @@ class TrainStep:
         self.scaler.update()
         if self.ema is not None:
             self.update_ema()
-        self.totals += torch.stack([loss.detach() * len(x), n_correct.float()])  # read once per epoch, not per step
+        self.totals += sums  # read once per epoch, not per step
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean loss, number of correct predictions); with soft targets, correct means their largest class."""
+        """(mean loss, this batch's sums for `totals`): the sums are of the loss, the correct predictions (with soft
+        targets: their largest class), and the loss's two terms before weighting, the labels' cross-entropy and the
+        teacher's term (0 without a teacher), so that the history can show what each term did (notebook 09)."""
         with (torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None, cache_enabled=False),
               attention_kernels(self.cfg.attention)):
             logits = self.model(x)
         # cross_entropy takes class indices, or probabilities (soft targets): -sum(target * log_softmax(logits))
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        labels_term = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        loss, from_teacher = labels_term, torch.zeros_like(labels_term)
         if self.teacher is not None:  # distillation (notebook 09)
             w = self.cfg.distill_weight
-            loss = (1 - w) * loss + w * teacher_loss(logits.float(), self.teacher_logits(x), self.cfg)
+            from_teacher = teacher_loss(logits.float(), self.teacher_logits(x), self.cfg)
+            loss = (1 - w) * labels_term + w * from_teacher
         hard = y.argmax(-1) if y.dim() == 2 else y
-        return loss, (logits.argmax(-1) == hard).sum()
+        n = len(x)
+        sums = torch.stack([loss.detach() * n, (logits.argmax(-1) == hard).sum().float(), labels_term.detach() * n,
+                            from_teacher.detach() * n])
+        return loss, sums
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:

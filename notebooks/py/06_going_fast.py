@@ -4,14 +4,17 @@
 # # 06 · Going fast: your training step, one change at a time, each one measured
 #
 # Notebook 05 trained the article's model with the `fast` recipe in a few minutes; the article's own
-# recipe needs well over an hour for its 150 epochs (about 79 minutes at the 1,426 images/s that rung 1
-# below measured in the release's run on an NVIDIA H200, 2026-12-03, evaluation left out). None of that difference
-# comes from the algorithm: it is the step you wrote in 05, run differently. This notebook starts from the
-# article's setup and makes **one change at a time** to *how* your step runs. You write each change
-# yourself: bf16 autocast around your loss, one `torch.compile` call, a CUDA graph captured by hand. Each
-# one is checked (the same loss from the same weights and the same batch, to a stated tolerance) and timed
-# in images per second next to the package's version of the same rung, which the ladder then records.
-# Then the notebook asks where the remaining time goes.
+# recipe needs well over an hour for its 150 epochs (about 97 to 102 minutes at the 1,159 and 1,104
+# images/s that your step and the package's made with the article's setup below, in the release's run:
+# full mode on an NVIDIA H200, 2026-12-03, whose outputs are the ones stored here; evaluation left out).
+# None of that difference comes from the algorithm: it is the step you wrote in 05, run differently.
+# This notebook starts from the article's setup and makes **one change at a time** to *how* your step
+# runs. Each change is a **rung** of a **ladder**: a table of training speeds, one row per rung, from
+# the article's setup (rung 1) up. You write each change yourself: bf16 autocast around your loss, one
+# `torch.compile` call, a CUDA graph captured by hand. Each one is checked (the same loss from the same
+# weights and the same batch, to a stated tolerance) and timed in images per second next to the
+# package's version of the same rung, which the ladder then records. Then the notebook asks where the
+# remaining time goes.
 #
 # **You will learn**
 # - how to time code that runs on a GPU (it runs behind the CPU), and why warm-up steps are left out;
@@ -66,11 +69,12 @@ RELEASE = (paths.project_root() or Path.cwd()) / "release"  # the release record
 
 # %% [markdown]
 # ## The model, the data, and what we measure
-# Everything below trains the model and data of this mode's recipe: on a GPU the `fast` recipe (the
-# article's architecture, batch 512, the 45,000 training images), on a CPU the `quick` recipe (a small
-# model on 10,000 images, batch 128). The measure is **training images per second**: optimizer steps on
-# real, augmented batches, evaluation left out. A few fields of the recipe decide how fast a step runs;
-# the ladder below starts from the article's settings and changes them one rung at a time:
+# Everything below trains the model and data of this mode's recipe: in full mode, on a GPU, the `fast`
+# recipe (the "full recipe" of the mode line above: the article's architecture, batch 512, the 45,000
+# training images); in quick mode, on a CPU, the `quick` recipe (a small model on 10,000 images, batch
+# 128). The measure is **training images per second**: optimizer steps on real, augmented batches,
+# evaluation left out. A few fields of the recipe decide how fast a step runs; the ladder below starts
+# from the article's settings and changes them one rung at a time:
 
 # %%
 args, cfg = recipe(runtime.RECIPE)
@@ -89,8 +93,9 @@ print("speed settings of the recipe:", {k: getattr(cfg, k) for k in ("pipeline",
 # A **kernel launch** costs the CPU a few microseconds, and the GPU then works through the queue on its
 # own. So a clock read right after a call measures the CPU's part (queueing, and any set-up the call
 # does), not the GPU's work. The cell below times one matrix multiply both ways:
-# `torch.cuda.synchronize()` waits until the queue is empty. It is the first matrix multiply of this
-# process, with no warm-up before it:
+# `torch.cuda.synchronize()` waits until the queue is empty (the cell calls it as
+# `speed.synchronize(device)`, the package's wrapper, which does nothing on a CPU). It is the first
+# matrix multiply of this process, with no warm-up before it:
 
 # %%
 a = torch.randn(4096, 4096, device=device) if GPU else torch.randn(1024, 1024)  # a CPU is slower: a smaller one
@@ -103,20 +108,19 @@ finished = time.perf_counter() - t0
 print(f"a @ a returned after {returned * 1e3:.2f} ms; its result was ready after {finished * 1e3:.2f} ms ({device.type})")
 
 # %% [markdown]
-# Two things show in this output. First, the call itself took about 109 ms, far more than a launch. That
-# is one-time start-up work which the first matrix multiply of a process does on the CPU, inside the
-# call: setting up cuBLAS (NVIDIA's matrix-multiply library) and loading its kernels onto the GPU. Later
-# calls skip it. Second, the call returned before the result existed: the result was ready about 2.6 ms
-# later (111.56 ms). Those 2.6 ms are the multiply itself (137 GFLOP in float32), still running on the
-# GPU after Python had moved on: that is the asynchrony. On a CPU the two times are the same, because
-# the CPU computes as it goes.
+# Two things show in this output (the stored one is the release's run, full mode on the H200). First, the
+# call itself took about 181 ms, far more than a launch. That is one-time start-up work which the first
+# matrix multiply of a process does on the CPU, inside the call: setting up cuBLAS (NVIDIA's
+# matrix-multiply library) and loading its kernels onto the GPU. Later calls skip it. Second, the call
+# returned before the result existed: the result was ready about 2.5 ms later (183.04 ms). Those 2.5 ms
+# are the multiply itself (137 GFLOP in float32), still running on the GPU after Python had moved on:
+# that is the asynchrony. On a CPU the two times are the same, because the CPU computes as it goes.
 #
 # Both effects shape the timer. A few untimed **warm-up** calls come first (the first calls pay one-time
-# costs like the 109 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
-# is read after a synchronisation, a fixed number of calls run, and the clock is read again after another
-# synchronisation, so that the last call's work is inside the measurement (`speed.synchronize(device)`
-# calls `torch.cuda.synchronize()` on a GPU and does nothing on a CPU). Written out, for a `step()` that
-# trains on `batch_size` images:
+# costs like the 181 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
+# is read after a synchronisation, a fixed number of calls run, and the clock is read again after
+# another synchronisation, so that the last call's work is inside the measurement. Written out, for a
+# `step()` that trains on `batch_size` images:
 
 # %%
 def my_images_per_second(step, batch_size, steps, warmup):
@@ -178,10 +182,11 @@ def make_optimizer(model, cfg):
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=GPU)
 
 # %% [markdown]
-# The package's step is `vit_helpers.step.TrainStep`: the step that `train()` runs, and so the one that
-# gave the same weights as your `fit` in 05. It is built from a model, a config and a device, and called
-# as `step((x, y), lr)`; it keeps the epoch's summed loss on the device in `step.totals`. One step of
-# each, from the same weights on the same batch of this mode's recipe (the first batch that
+# The package's step is `vit_helpers.step.TrainStep`: the plain step that `train()` runs on a CPU, and
+# so the one that gave the same weights as your `fit` in 05 (for the fast recipe on a GPU, `train()`
+# runs a recorded version of it instead: rung 5 below). It is built from a model, a config and a device,
+# and called as `step((x, y), lr)`; it keeps the epoch's summed loss on the device in `step.totals`. One
+# step of each, from the same weights on the same batch of this mode's recipe (the first batch that
 # `make_batches` makes, the package's batches that 05 compared with yours), in float32 and eager (every
 # operation launched from Python as it comes). The check: the same loss and the same weights afterwards,
 # to 1e-5:
@@ -227,14 +232,14 @@ assert gap <= TOL["same"]
 #
 # ## Measuring a rung
 # Your step is timed on the batches `train()` makes for the rung's config (`make_batches`, the package's
-# version of 05's batches), epoch after epoch: `on_batches` returns a function that runs your step on the
-# next one. The package's rung is timed by `measure`: `speed.make_step_fn(model, data, cfg, device)`
+# version of 05's batches), epoch after epoch: `on_batches` returns a function that runs your step on
+# the next one. The package's rung is timed by `measure`: `speed.make_step_fn(model, data, cfg, device)`
 # builds what `train()` builds for a config (the same batches, and the package's step with that config's
 # precision and compile settings) and returns a function that trains one step on the next batch.
-# `measure` times it on a fresh model (same seed) and adds it to the **ladder**, the table of rungs this
-# notebook fills, with your step's rate beside it when there is one. A GPU step is short, so each timing
-# takes 30 steps after 5 warm-up steps (the warm-up of a compiled step includes compiling); a CPU step is
-# slow, so 4 after 1:
+# `measure` times it on a fresh model (same seed) and adds it to the ladder (a `speed.SpeedLadder`),
+# with your step's rate beside it when there is one. A GPU step is short, so each timing takes 30 steps
+# after 5 warm-up steps (the warm-up of a compiled step includes compiling); a CPU step is slow, so 4
+# after 1:
 
 # %%
 ladder = speed.SpeedLadder.here(device, MODEL, cfg.batch_size)
@@ -265,12 +270,13 @@ def measure(name, rung_cfg, mine=None, steps=STEPS, warmup=WARMUP):
 
 # %% [markdown]
 # ## Rung 1: the article's setup
-# The article decodes every image into a PIL image and transforms it (flip, resized crop) in `DataLoader`
-# worker processes on the CPU, 16 images per step, in float32 (**fp32**: 32-bit floating point), every
-# PyTorch operation launched from Python one at a time (**eager** execution). 45,000 images at batch 16
-# are 2,812 steps per epoch, each paying the full cost of launching the model's few hundred kernels.
-# These are settings of the data, not of the step (05 wrote both pipelines): your plain step on the
-# article's batches, then the package's:
+# The article decodes every image into a PIL image and transforms it (flip, resized crop) in
+# `DataLoader` worker processes on the CPU, 16 images per step, in float32 (**fp32**: 32-bit floating
+# point), every PyTorch operation launched from Python one at a time (**eager** execution). 45,000
+# images at batch 16 are 2,812 steps per epoch, each paying the full cost of launching the model's few
+# hundred kernels. These are settings of the data, not of the step (05 wrote the tensor pipeline and
+# described this one; `make_batches` builds either from the config): your plain step on the article's
+# batches, then the package's:
 
 # %%
 article_cfg = cfg.replace(batch_size=16, pipeline="classic", augment="article", mix_prob=0.0, precision="fp32",
@@ -283,12 +289,14 @@ _ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, mine,
 
 # %% [markdown]
 # That is the starting point, in images per second of this machine. Your step and the package's do the
-# same work, so they should run at about the same speed. In the release's run yours came out at 0.89x the
-# package's here, and at 0.98x to 1.00x at rungs 2, 3 and 5 below (rung 4 is discussed there): each rung
-# is timed once, so each ratio carries the noise of one timing, and rung 1's timing is the shortest
-# (50 steps of 16 images, about 0.6 s). On a CPU shared with other work the timings scatter far more
-# (compare the timer's three runs above), so there a ratio well away from 1 is noise, not a difference
-# between the steps.
+# same work, so they should run at about the same speed. In the release's run yours came out at 1.05x
+# the package's here (1,159 against 1,104 images/s), and at 0.95x to 1.00x at rungs 2, 3 and 5 below:
+# each rung is timed once, so each ratio carries the noise of one timing, and rung 1's timing is the
+# shortest (50 steps of 16 images, about 0.7 s) and depends on `DataLoader` workers on the CPU. Rung 4
+# is the exception (1.29x), discussed there. The ladder keeps the package's figure, so its rung 1 is the
+# lower of the two here. On a CPU shared with other work the timings scatter far more (compare the
+# timer's three runs above), so there a ratio well away from 1 is noise, not a difference between the
+# steps.
 #
 # ## Rung 2: big batches, augmented on the GPU
 # Two changes that belong together. The data is decoded *once* into a uint8 tensor that lives on the
@@ -320,11 +328,15 @@ for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.repl
 print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} images/s")
 
 # %% [markdown]
-# The answer, from these numbers: both, one after the other. The PIL pipeline alone makes 17,373
-# images/s, about 12x the 1,426 images/s that rung 1 trained, so at rung 1 the images were not the
-# limit: batch 16, with its fixed cost per step, was. At batch 512 the step trains 17,855 images/s,
-# slightly more than the PIL pipeline can make. With PIL the rung would be capped below 17,373 images/s;
-# the tensor pipeline makes 181,165 and leaves the step the limit.
+# The answer, from these numbers (the release's run, full mode on the H200): both, already at rung 2.
+# Both pipelines were timed at rung 2's batch of 512. There the PIL pipeline makes 9,283 images/s, about
+# half the 17,943 that the eager step trains: at batch 512 PIL could not have fed even this rung. The
+# bigger batch alone, the fixed cost of a step shared by 32 times more images, would have been capped at
+# PIL's 9,283 images/s, 8.4x rung 1's 1,104; the rest of rung 2's 16.2x needs the batches made on the
+# device. (At rung 1's batch 16 the PIL pipeline was not timed on its own; a `DataLoader` pays its
+# per-batch costs 32 times as often there.) The next rungs train faster still (24,645 images/s with
+# bf16, 88,042 at the last rung), so with PIL every rung from 2 on would be capped at 9,283 images/s or
+# below. The tensor pipeline makes 226,048 and leaves the step the limit.
 #
 # In general, an input pipeline slower than the training step caps training at its own rate, however
 # fast the model runs; the PIL pipeline also takes CPU cores from the training process. On a GPU the tensor
@@ -368,11 +380,20 @@ def bf16_loss(model, x, y, cfg):
         return F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)  # autocast computes it in float32
 
 # %% [markdown]
-# The checks, from the same weights on the same batch: against the float32 loss, with a tolerance of 1e-2
-# (bf16 keeps about 3 significant digits, so the loss may move in its third or fourth); and against the
-# package's step with `precision="auto"`, which puts the same context around its forward pass
-# (`TrainStep.loss`), so the two should agree as closely as the float32 steps did. Then the speed: your
-# bf16 step (`run_bf16`), and the package's.
+# The checks, from the same weights on the same batch: against the float32 loss, with a tolerance of
+# 1e-2 (bf16 keeps about 3 significant digits, so the loss may move in its third or fourth); and against
+# the package's step with `precision="auto"`, the package's setting for this rung: bf16 autocast on a
+# GPU for which `torch.cuda.is_bf16_supported()` is true (an H200), float16 with a `GradScaler` on one
+# for which it is not, float32 on a CPU (`autocast_settings` in `vit_helpers/step.py`). The package's
+# step (`TrainStep.loss`) puts the same context around the forward pass, but computes the cross-entropy
+# after leaving it, on `logits.float()`, where yours computes it inside, with autocast choosing each
+# operation's precision. (It also enters `attention_kernels(cfg.attention)`, which picks the attention
+# kernel; the recipe's `attention="auto"` leaves torch's own choice, as in yours.) The same logits,
+# rounded through different operations: the two agree to rounding, not exactly as the float32 steps did,
+# hence `TOL["same in bf16"]`, 1e-4, five times the 2.1e-05 they differed by in the release's run
+# (below). There bf16 differed from float32 by only 6.2e-05: over a loss averaged on 512 images the
+# roundings largely average out, so these checks show the same computation, and the speed shows the
+# precision. Then the speed: your bf16 step (`run_bf16`), and the package's.
 
 # %%
 bf16_cfg = eager_cfg.replace(precision="auto")
@@ -405,7 +426,7 @@ else:
 # %%
 profiled = run_bf16 if GPU else run_plain
 prof = speed.profile_step(profiled, device=device, steps=3)
-step_ms = 1e3 * ladder.batch_size / ladder.rows[-1]["images_per_s"]  # the last rung, timed without the profiler
+step_ms = 1e3 * cfg.batch_size / mine  # your step (the last one timed above), without the profiler
 what = "kernels" if GPU else "operators"
 share = prof.busy_ms / prof.wall_ms  # both from the profiled steps
 print(f"your {'bf16' if GPU else 'plain'} step: {prof.items:,} {what} per step; busy {prof.busy_ms:.1f} ms of {prof.wall_ms:.1f} ms under the "
@@ -414,37 +435,42 @@ print(prof.table(rows=8))
 
 # %% [markdown]
 # The profiler itself slows the CPU side: it records every operation, so the profiled step takes far
-# longer than without it (32.9 ms against 19.4 ms in the release's run, 1.7x), while the kernels it
-# times still run on the GPU at their own speed. The share it prints therefore understates how busy the
-# GPU normally is; set the busy time against the step time without the profiler instead (10.8 of 19.4 ms,
-# about 56%, in the release's run): the GPU still sits idle for a large part of every step, waiting for Python to launch
-# the next kernel, so the verdict holds. The table lists the kernels that take the most GPU time. In the
-# release's run the top one was `GammaBetaBackward` (18%), part of LayerNorm's backward pass (the
-# gradients of its scale and shift); with LayerNorm's forward (`vectorized_layer_norm`) and its other
-# backward kernel (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than
+# longer than without it, while the kernels it times still run on the GPU at their own speed. The share
+# it prints therefore understates how busy the GPU normally is; set the busy time against the step time
+# without the profiler instead, as the cell does. In the release's run your step took 38.5 ms under the
+# profiler and 22.0 ms without it (1.75x), and its kernels were busy for 10.9 of its 22.0 ms without it,
+# about half: below the cell's 60% line even so, and the GPU sat idle for about half of every step,
+# waiting for Python to launch the next kernel. The table lists the kernels that take the most GPU time.
+# In the release's run the top one was `GammaBetaBackward` (17%), part of LayerNorm's backward pass
+# (the gradients of its scale and shift); with LayerNorm's forward (`vectorized_layer_norm`) and its
+# other backward kernel (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than
 # attention.
 #
 # The busy time is a sum of the durations the profiler recorded, kernel by kernel: good for comparing
-# two steps profiled the same way, not an exact clock of the GPU. Kernels that overlap (on different
-# streams) are each counted in full, and tracing stretches each kernel a little. Where the exact figure
-# matters (rung 5), we measure the GPU's own time directly with CUDA events.
+# two steps profiled the same way, not an exact clock of the GPU. Kernels that run at the same time on
+# different **streams** are each counted in full (a CUDA stream is one queue of GPU work, like the queue
+# described at the start; PyTorch puts its work on one default stream unless told otherwise), and
+# tracing stretches each kernel a little. Where the exact figure matters (rung 5), we measure the GPU's
+# own time directly with CUDA events.
 #
 # On a GPU the article's small model launches hundreds of kernels per step (692 in the release's run),
 # many of them tiny elementwise ones (additions, GELU, LayerNorm, copies), each from Python, and the GPU
-# idles between them whenever Python is slower than the GPU. On a CPU the same step is dominated by its
-# matrix multiplies (`aten::linear`, `aten::mm`) and the device is busy all the time: the CPU computes as
-# it dispatches. The next two rungs attack the kernel count and the launches.
+# idles between them whenever Python is slower than the GPU. On a CPU the cell profiles `run_plain` and
+# lists operators instead: the CPU computes each operator as it dispatches it, so no separate device is
+# left waiting. The next two rungs attack the kernel count and the launches.
 #
 # ## Rung 4: `torch.compile`
 # `torch.compile` reads the Python code of a function once, builds a graph of its tensor operations, and
-# generates new kernels (on a GPU, its code generator "inductor" writes them in **Triton**, a language for
-# writing GPU kernels from Python) in which chains of elementwise operations are **fused**: a residual
-# addition, a LayerNorm and a GELU become one kernel that reads its input once and writes its output once,
-# instead of several kernels each writing an intermediate result to GPU memory and reading it back. It
-# also derives the backward pass of what it compiled, fused the same way. Fewer kernels, fewer launches,
-# less memory traffic. The price is the compile itself, paid at the first call: 1.9 s for your loss in the
-# release's run (below), and up to tens of seconds for a whole step from empty compile caches (28.6-36.5 s
-# for the distilled step in run 11, `benchmarks/NOTES.md`).
+# generates new kernels (on a GPU, its code generator "inductor" writes them in **Triton**, a language
+# for writing GPU kernels from Python) in which chains of elementwise operations are **fused**: a
+# residual addition, a LayerNorm and a GELU become one kernel that reads its input once and writes its
+# output once, instead of several kernels each writing an intermediate result to GPU memory and reading
+# it back. It also derives the backward pass of what it compiled, fused the same way. Fewer kernels,
+# fewer launches, less memory traffic. The price is the compile itself, paid at the first call: 18.5 s
+# for your loss in the release's run (below; how long depends on what the compiler's caches on disk
+# already hold), and up to tens of seconds for a whole step from empty caches: in run 11 of
+# `benchmarks/NOTES.md` (NVIDIA H200s), the first epochs of notebook 09's distilled step, whose loss
+# also runs a CNN teacher (compiled with it), took 28.6 to 36.5 s, most of it compiling.
 #
 # Your rung is one call: compile your bf16 loss (the model's forward pass and the loss). The step around
 # it stays plain Python; the optimizer is already one fused kernel. The first step compiles (timed below);
@@ -469,18 +495,23 @@ if GPU:
     compiled_step = measure("+ torch.compile", compiled_cfg, mine)
     compiled = speed.profile_step(run_compiled, device=device, steps=3)
     print(f"kernels per step: {prof.items:,} eager, {compiled.items:,} compiled; busy {compiled.busy_ms:.1f} ms "
-          f"of a {1e3 * cfg.batch_size / ladder.rows[-1]['images_per_s']:.1f} ms step")
+          f"of a {1e3 * cfg.batch_size / mine:.1f} ms step (yours, timed above without the profiler)")
 else:
     print("not run here: this project compiles only on a CUDA GPU. On a GPU this cell compiles your bf16 loss, "
           "checks the compiled step's loss against your eager bf16 step (to 2e-3), times both, and profiles yours.")
 
 # %% [markdown]
-# In the release's run, compiling cut the kernels per step from 692 to 461 but raised the package's speed
-# only 8% (26,347 to 28,333 images/s). Your compiled step timed 1.10x the package's there (31,149
-# images/s); both compile the same loss on batches from the same compiled augmentation, and each was timed
-# once, so the ladder keeps the package's figure. The step is still launch-bound: every remaining kernel
-# is still launched from Python, one at a time, and the profiler counts only about a third of the step as
-# GPU work (6.1 ms of an 18.1 ms step there).
+# In the release's run (full mode on the H200), compiling cut your step's kernels by a third, from 692
+# to 461, and their busy time under the profiler from 10.9 to 6.0 ms (fused kernels read and write
+# memory once); your step went from 22.0 to 14.5 ms, 1.52x the speed (23,297 to 35,379 images/s). The
+# package's step gained much less: from 20.8 to 18.7 ms, 1.11x (24,645 to 27,328 images/s), so your
+# compiled step timed 1.29x the package's. Both compile the same loss on batches from the same compiled
+# augmentation, and each was timed once, but a gap this wide is far outside the other rungs' ratios
+# (0.95x to 1.05x), and this run does not show its cause. The package's compile rung is also the one
+# that has moved most between runs on the same kind of GPU: 1.08x over bf16 in one earlier run, 1.66x
+# in another (run 14 of `benchmarks/NOTES.md`). The ladder keeps the package's figure. Of your step's
+# 14.5 ms, the profiler counts only about 40% as GPU work (6.0 ms). The step is still launch-bound:
+# every remaining kernel is still launched from Python, one at a time.
 #
 # ## Rung 5: the whole step as one CUDA graph
 # Even compiled, a step still launches its kernels (the count above) one by one from Python: the forward
@@ -489,8 +520,8 @@ else:
 # single launch. The CPU's work per step shrinks to putting the next batch in place and launching the
 # replay.
 #
-# Recording has rules, and each one shapes the code below (it follows the "whole-network capture" example
-# of PyTorch's CUDA-graph notes):
+# Recording has rules, and each one shapes the code below (it follows the "whole-network capture"
+# example of PyTorch's CUDA-graph notes):
 # - **Fixed addresses.** A replay reads its inputs from the addresses it recorded, so the step reads
 #   **static buffers**: `static_x` and `static_y` for the batch, and the learning rate as a tensor,
 #   `static_lr`. Before each replay the next batch is *copied into* them. Shapes are fixed too: full
@@ -499,12 +530,16 @@ else:
 #   rate as a Python number, both of which a replay would never see change. `capturable=True` keeps the
 #   step count on the GPU, and `lr=static_lr` makes the rate a tensor the graph reads.
 # - **Warm-up first, on a side stream.** The first calls compile, pick kernels and create AdamW's state
-#   (its running averages): none of that can happen during recording. PyTorch asks for these calls on a
-#   separate CUDA stream (`s`), which first waits for the work already queued. The warm-up runs at
-#   learning rate 0, so it leaves the weights where they were and the checks below still start from `ref`.
-# - **No host sync inside the step**: no `loss.item()`, no printing a tensor, no Python `if` on a tensor.
-#   Your step already returns the loss as a tensor; after recording, `static_loss` is the tensor the
-#   graph writes it into.
+#   (its running averages): none of that can happen during recording. Recording cannot use the default
+#   stream (the one queue all the work so far went to), so `torch.cuda.graph` records on a stream of its
+#   own; PyTorch's example warms up off the default stream too, on a side stream (`s`) that first waits
+#   for the work already queued. The warm-up runs at learning rate 0, so the weights stay where they
+#   were (AdamW's weight decay is scaled by the learning rate too) and the losses checked below are
+#   still those of `ref`'s weights. AdamW's state does move: three steps of running averages and a step
+#   count of 3, so the graph's updates are not those of a fresh optimizer.
+# - **No host sync inside the step**: no `loss.item()`, no printing a tensor, no Python `if` on a
+#   tensor. Your step already returns the loss as a tensor; after recording, `static_loss` is the tensor
+#   the graph writes it into.
 #
 # The step recorded is your compiled bf16 step, so this rung adds only the graph:
 
@@ -585,25 +620,20 @@ else:
           "times your graphed step, and compares a replay's GPU time (CUDA events) with its wall time")
 
 # %% [markdown]
-# A replay back to back takes as long as the GPU needs for it: the launches no longer hold the GPU back,
-# and the step is now limited by the GPU's own work. (An earlier version of this notebook set the graphed
-# step's time against the busy time the profiler had summed for the *compiled* step, and found the step
-# shorter than its own GPU work; that compared two different steps, one of them measured under the
-# profiler. The events measure the graph itself.) What remains outside the graph in your step is making
-# the batch and copying it in: the difference between your whole step and a replay.
+# A replay back to back takes as long as the GPU needs for it (5.71 against 5.75 ms): the launches no
+# longer hold the GPU back, and the step is now limited by the GPU's own work. What remains outside the
+# graph in your step is making the batch and copying it in: the difference between your whole step and a
+# replay (5.86 against 5.71 ms).
 #
-# The package goes one step further: its graph records the batch making too. That is `GraphedStep`
-# (`vit_helpers/graphed.py`), your recipe above plus that: it holds the same kind of static buffers, a
-# capturable AdamW with its learning rate in a tensor, a warm-up on a side stream, then `torch.cuda.graph`.
-# Instead of a ready batch, its buffers hold the batch's **draws**: the random numbers a batch is made
-# from (which images, their crops, flips and augmentations, the mix row), drawn for a whole epoch at
-# once by `GPUBatches.plan()` (05's batches are a function of these draws). Each step copies the next
-# draws in, and the replay makes the batch and trains on it. After its warm-up it also puts the weights
-# and the optimizer's state back, where yours used lr 0. `train()` builds its step with `make_step`
-# (`vit_helpers/step.py`): a `GraphedStep` where the config says `cuda_graph=True` and the device
-# allows it, else a `TrainStep`; `make_step_fn` does the same, and iterates `step.epoch(batches)`, which
-# is the batches for a `TrainStep` and the draws for a `GraphedStep`. `cuda_graph=True` is the last speed
-# setting of the fast recipe, so in full mode this rung is the recipe itself:
+# The package's version is `GraphedStep` (`vit_helpers/graphed.py`), built the same way (static buffers,
+# a capturable AdamW with its learning rate in a tensor, a warm-up on a side stream,
+# `torch.cuda.graph`), with the batch making recorded too. Its buffers hold a batch's **draws**, the
+# random numbers the batch is made from (which images, their crops, flips, augmentations and mix row),
+# drawn for a whole epoch at once by `GPUBatches.plan()`; each replay makes the batch from them and
+# trains on it. After its warm-up it puts the weights and AdamW's state back, so training starts where
+# it was. `train()` picks its step with `make_step` (`vit_helpers/train/__init__.py`): a `GraphedStep`
+# where the config says `cuda_graph=True` and the GPU allows it, else a `TrainStep`. `cuda_graph=True`
+# is the last speed setting of the fast recipe, so in full mode this rung is the recipe itself:
 
 # %%
 if GPU:
@@ -613,12 +643,12 @@ else:
     print("not measured here: CUDA graphs need a CUDA GPU")
 
 # %% [markdown]
-# Your graph leaves the batch making outside and the package's records it inside, so yours may be slower,
-# by up to the time that making and copying a batch takes (your whole step against a replay, above:
-# 5.90 against 5.75 ms in the release's run). There the two came out level (1.00x: 5.90 against 5.87 ms
-# per step), so making the batch cost the package's step about as much inside the graph as it cost yours
-# outside it; the rest is the same recording of the same kernels. The package's graph is the one
-# `train()` uses.
+# Your graph leaves the batch making outside and the package's records it inside, so yours may be
+# slower, by up to the time that making and copying a batch takes (your whole step against a replay,
+# above: 5.86 against 5.71 ms in the release's run). There the two came out level (0.99x: 5.86 against
+# 5.82 ms per step). A gap of 0.04 ms is well inside the scatter of single timings (0.95x to 1.05x at
+# rungs 1 to 3), so this run cannot say whether recording the batch making saves any of those 0.15 ms.
+# The package's graph is the one `train()` uses.
 #
 # ## How much of the hardware is used: FLOPs, the matrix-multiply rate, MFU
 # A **FLOP** is one floating-point operation; a multiply-add counts as two. Notebook 04 counted the
@@ -660,13 +690,21 @@ if GPU and runtime.MODE == "full":  # the release copies it into release/speed_l
     print("written: outputs/speed_ladder.json")
 
 # %% [markdown]
-# Each bar is one change. On a GPU, look for the jumps where work leaves the CPU: per image (big batches
-# made on the device: 12.5x) and per step (a single launch for the whole step: 3.08x over rung 4). bf16
-# (1.48x) helps more than compiling (1.08x): it halves the bytes every kernel moves and runs the matrix
-# multiplies on the tensor cores, which shortens the GPU's part of the step (28.7 to 19.4 ms per step:
-# in float32 the GPU's own work was a large part of the step). It leaves the launch overhead untouched; compiling cut launches, but too
-# few to matter while each remaining one still came from Python. The MFU column says how far even the
-# last rung is from the hardware's matrix-multiply rate.
+# Each bar is one change. In the release's run (full mode on the H200) the biggest jump is where work
+# per image leaves the CPU: big batches made on the device, 16.2x (15.5x against your step's 1,159
+# images/s at rung 1: that rung's figure is the noisiest). The next three rungs gave very different
+# factors: bf16 1.37x, compiling 1.11x, the whole step as one graph 3.22x over rung 4 (your own steps:
+# 1.30x, 1.52x and 2.47x). How the gain from rung 3 to rung 5 splits between compiling and the graph
+# depends on the rung-4 timing, which the package's step put low in this run (see rung 4); the two
+# together gave 3.57x, and 3.75x for your steps. bf16 halves the bytes every kernel moves and runs the
+# matrix multiplies on the tensor cores, which shortens the GPU's part of the step (28.5 to 20.8 ms per
+# step; bf16 adds cast kernels and removes no launch, so the 7.8 ms it saved were the GPU's own work,
+# which in float32 was at least that, 27% of the step); it leaves the launch overhead untouched.
+# Compiling fuses kernels: a third fewer launches and 45% less GPU busy time under the profiler (10.9 to
+# 6.0 ms, your step), which took your step from 22.0 to 14.5 ms and the package's only from 20.8 to
+# 18.7 ms. The graph removes the launches from Python altogether (5.8 ms per step, close to the 5.75 ms
+# of GPU time that CUDA events measured for a replay of yours). The MFU column says how far even the
+# last rung is from the hardware's matrix-multiply rate: 16.5% of the 698 TFLOP/s measured above.
 #
 # On a CPU only the first two rungs can run. The GPU ladder of the release (the run whose outputs are
 # stored in these notebooks, `release/speed_ladder.json`) is shown for comparison, labelled with its GPU
@@ -683,7 +721,8 @@ elif not GPU:
     release_ladder.plot(ax, f"from the release record: {release_ladder.gpu}, {release_ladder.date}")
     fig.tight_layout()
 else:
-    print(f"(on a GPU this run's own ladder is above; the release's was measured on {release_ladder.gpu}, {release_ladder.date})")
+    # not the file's date: in a release run this notebook's ladder is about to replace it (run_series copies it there)
+    print("(on a GPU this run's own ladder is above: a release run copies it to release/speed_ladder.json)")
 
 # %% [markdown]
 # ## Why a small model stays far from the peak
@@ -705,34 +744,49 @@ print(f"memory bandwidth (a copy, measured): {bandwidth:,.0f} GB/s; the peak rat
 
 # %% [markdown]
 # A multiply can run at the peak only if it does enough arithmetic per byte it moves: the peak rate
-# divided by the memory bandwidth (last line). The big square multiply does thousands of FLOPs per
-# byte; the model's multiplies, with one side only D wide, do far fewer (on a GPU, below what it needs),
-# so they wait on memory, and each is also short enough (microseconds on a GPU) that launching it is a
-# visible part of its cost. Attention is worse: per head it multiplies 65 x 32 by 32 x 65. A wider model
-# (D = 384 and up) lifts MFU. In an earlier run on an H100 (benchmarks/NOTES.md), the `large` recipe's
-# 11.9M-parameter ViT reached 24% MFU, where this model reached 13%. On this release's H200 this model
-# reaches 15.1% (the ladder above); the large model was not measured here.
+# divided by the memory bandwidth, 201 FLOPs per byte in the release's run (last line). The big square
+# multiply does thousands; the model's multiplies, with one side only D wide, do 128 to 170, so memory
+# alone would cap them at about 440 to 590 TFLOP/s (FLOPs per byte times 3,470 GB/s). They measured 74
+# to 158, far below that cap: memory traffic is not what holds them back. Take the typical one, 33,280 x
+# 256 x 256: its 4.4 GFLOP take about 6 µs at 698 TFLOP/s, its 34 MB about 10 µs at 3,470 GB/s, and it
+# measured about 59 µs (4.4 GFLOP at 74 TFLOP/s). Most of that is cost per call, not work:
+# `matmul_tflops` times each call on its own, between two synchronisations, so each time includes a
+# launch and a wait for the GPU, and a kernel this short also loses some of its time starting up and
+# finishing. Fixed costs of microseconds weigh on a multiply of tens of microseconds; the big one, about
+# 1.6 ms (1.1 TFLOP at 698 TFLOP/s), hides them. In a training step the multiplies run back to back,
+# without a synchronisation between them (in rung 5 from one graph), so they lose less than here, but
+# each still lasts only microseconds; attention's are smaller still: per head it multiplies 65 x 32 by
+# 32 x 65. A wider model gives every multiply more work per call and lifts MFU: in run 7 of
+# `benchmarks/NOTES.md` (an NVIDIA H100), the `large` recipe's ViT (D = 384, 8 blocks, 11.87M
+# parameters) reached 23.7% MFU where this model reached 13.2%. On this release's H200 (full mode) this
+# model reaches 16.5% (the ladder above); the large model was not measured here.
 #
 # ## A time budget for a slower GPU
 # The fast recipe's length (420 epochs) was chosen for a fast GPU. On a slower one, `budget_minutes`
 # fits the run into a time you choose: `train()` measures the steady speed during the first epoch and
 # picks the number of epochs that fits; the learning rate schedule is then laid over that many epochs.
-# The measuring and the choosing are `Pace`'s (`vit_helpers/train.py`), and its arithmetic is short:
+# The measuring and the choosing are `Pace`'s (`vit_helpers/train/__init__.py`), and its arithmetic is
+# short:
 # - **The steady speed.** During the first epoch it reads the clock (after a synchronisation) at two
 #   steps, `pace.a` (step 2, once compiling and recording are over) and `pace.b` (10 steps later), and
 #   keeps the readings in `pace.marks`; seconds per step are their difference over the steps between.
-# - **An epoch's time** (`Pace.estimate`): seconds per step times the steps of an epoch, plus validation,
-#   counted as a third of a step per training batch's worth of validation images (a forward pass costs
-#   about a third of a training step).
-# - **The epochs that fit** (`Pace.fit_budget`, after the first epoch): the first epoch as measured, then
-#   as many steady epochs as the rest of the budget holds, at least 1 and at most the recipe's epochs.
+# - **An epoch's time** (`Pace.estimate`): seconds per step times the steps of an epoch, plus
+#   validation, counted as a third of a step per training batch's worth of validation images (a forward
+#   pass costs about a third of a training step).
+# - **The epochs that fit** (`Pace.fit_budget`, after the first epoch): the first epoch as measured,
+#   then as many steady epochs as the rest of the budget holds, at least 1 and at most the recipe's
+#   epochs.
 #
 # The same arithmetic by hand, compared with `Pace` below. First the epoch times: this run's fastest
 # rung with this mode's recipe, and, from the GPU ladder (this run's on a GPU, the release's on a CPU
-# when there is one), the fast recipe on that GPU and on a Colab T4. For the T4 we have no measurement, so
-# the cell *estimates* its speed by scaling with the ratio of matrix-multiply rates (its datasheet peak,
-# 65 TFLOP/s in float16, against the rate measured on that GPU): optimistic, since a T4 uses float16 with
-# a `GradScaler`, which rules out the whole-step graph, and rarely reaches its datasheet peak.
+# when there is one), the fast recipe on that GPU and on a Colab T4. For the T4 we have no measurement,
+# so the cell *estimates* its speed by scaling with the ratio of matrix-multiply rates (its datasheet
+# peak, 65 TFLOP/s in float16, against the rate measured on that GPU). The estimate is optimistic: a T4
+# rarely reaches its datasheet peak, and where the package trains in float16 (`precision="auto"` on a
+# GPU without bf16) it needs a `GradScaler`, under which `make_step` runs the plain step, without the
+# whole-step graph. `GradScaler.step` skips a step whose gradients overflowed, and PyTorch's CUDA-graph
+# notes warn that, for typical optimizers, it synchronises the CPU with the GPU to decide: a host sync,
+# which a graph cannot record.
 
 # %%
 T4_PEAK_TFLOPS = 65.0  # NVIDIA's datasheet: T4, float16 on tensor cores (a peak, not a measurement)
@@ -755,12 +809,14 @@ for name, ips, c in rows:
     print(f"{name}: {ips:,.0f} images/s -> {epoch_seconds(ips, c):.1f} s per epoch, {c.epochs} epochs in {c.epochs * epoch_seconds(ips, c) / 60:.1f} min")
 
 # %% [markdown]
-# Now a budget, for the last line above: `budget_minutes=12` for the T4 estimate (or, on a CPU without
-# a release record, half a minute of this machine's recipe), with a first epoch that also compiles (on a GPU
-# we assume 30 s: compiling the whole loss from a cold start costs about that much of the first epoch,
-# 28.6-36.5 s for the distilled step in run 11 on NVIDIA H200s, `benchmarks/NOTES.md`; compiled block by
-# block, the distilled recipe's first epoch took 17.4 s in this release's benchmark).
-# The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its clock readings say the same:
+# Now a budget, for the last line above: `budget_minutes=12` for the T4 estimate (or, on a CPU without a
+# release record, half a minute of this machine's recipe), with a first epoch that also compiles. On a
+# GPU we assume 30 s: compiling a whole loss from empty caches costs about that much (the first epochs
+# of notebook 09's distilled step took 28.6 to 36.5 s in run 11 of `benchmarks/NOTES.md`, on NVIDIA
+# H200s); with `compile_scope="blocks"`, which compiles one transformer block and reuses it for all six
+# instead of compiling the whole loss, the distilled recipe's first epoch took 17.0 s
+# (`release/benchmark.json`). The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its
+# clock readings say the same:
 
 # %%
 name, ips, c = rows[-1]
@@ -781,13 +837,15 @@ print(f"{name}, {budget:g} minutes: {by_hand} epochs by hand, {chosen} chosen by
 # sets a budget.
 #
 # ## Several GPUs
-# With several GPUs in one machine, the same command trains one model on all of them with
-# **DistributedDataParallel** (DDP): `torchrun` starts one process per GPU; each process holds a copy of
-# the model and runs the same step on its own share of every batch (512 images over 2 GPUs: 256 each);
-# during the backward pass DDP averages the gradients across the GPUs, so every copy takes the same
-# optimizer step and stays identical. The operation is an **all-reduce**: afterwards every GPU holds the
-# sum of all GPUs' gradients (divided by the number of GPUs, that is their average). It is carried by **NCCL**
-# (NVIDIA's library for moving data between GPUs) over the links between the GPUs.
+# Outside a notebook, `python -m vit_helpers.train --recipe fast` trains a recipe from a terminal (the
+# README's "From the command line, and on several GPUs"). With several GPUs in one machine, PyTorch's
+# launcher `torchrun` starts that same command once per GPU, and the processes train one model together
+# with **DistributedDataParallel** (DDP): each process holds a copy of the model and runs the same step
+# on its own share of every batch (512 images over 2 GPUs: 256 each); during the backward pass DDP
+# averages the gradients across the GPUs, so every copy takes the same optimizer step and stays
+# identical. The operation is an **all-reduce**: afterwards every GPU holds the sum of all GPUs'
+# gradients (divided by the number of GPUs, that is their average). It is carried by **NCCL** (NVIDIA's
+# library for moving data between GPUs) over the links between the GPUs.
 #
 # ```bash
 # torchrun --nproc_per_node=2 -m vit_helpers.train --recipe fast
@@ -812,9 +870,18 @@ else:
         print(f"distilled recipe on {d['gpus']} GPUs: {d['test_acc']:.2%} test accuracy in {d['seconds_total']:.1f} s, teacher included")
 
 # %% [markdown]
-# Where N GPUs give less than N times the speed, two costs explain it: the all-reduce of the 3.19M
-# gradients in every step, and each GPU's share of the batch (256 of 512 on two GPUs), whose smaller
-# multiplies use a GPU less well, as the section on matrix shapes showed.
+# Where N GPUs give less than N times the speed (1.54x on two here), two costs are the likely ones: the
+# all-reduce of the 3.19M gradients in every step, and each GPU's share of the batch (256 of 512 on two
+# GPUs), whose smaller multiplies carry the same fixed costs for half the work, as the section on matrix
+# shapes showed. The third row is the fallback for a run without the whole-step graph (`--set
+# cuda_graph=False`): the step is compiled (rung 4), but not recorded, so under DDP every kernel, the
+# all-reduce included, is launched from Python in every step ("eager" here means not graphed, not "not
+# compiled" as in the ladder). On two GPUs it trains 41,759 images/s: less than a third of the graphed
+# step's 136,086, and less than half of the graphed step on one GPU (88,629). Without the graph each GPU
+# still launches every kernel from Python, and the all-reduce comes on top. Rung 4 on one GPU above
+# trained 27,328 images/s (35,379 with your step), but it was measured two days later, by this notebook
+# rather than by `benchmarks/ddp_speed.py`, and it moves between runs (rung 4 above), so these records
+# cannot say how much a second GPU adds to the compiled step without the graph.
 #
 # ## Exercises
 # 1. **Batch size against fixed cost.** Measure the eager training step of the small model at batch
@@ -855,12 +922,11 @@ else:
 # ```
 #
 # From 16 to 64 images per step the rate grows by a quarter, although the arithmetic per image is the
-# same: every step has a fixed cost (Python, dispatching every operator of the step, the AdamW update of every
-# weight), shared by more images in a bigger batch. Beyond that it levels off: on a CPU the arithmetic
-# soon dwarfs the fixed cost, and a few hundred images per step already keep its cores busy (the profile
-# above found the CPU busy for most of the step). On a GPU the fixed cost is the kernel launches and
-# the arithmetic is fast, so the rate keeps growing with the batch for far longer: that is the step from
-# rung 1 to rung 2.
+# same: every step has a fixed cost (Python, dispatching every operator of the step, the AdamW update of
+# every weight), shared by more images in a bigger batch. Beyond that it levels off: on a CPU the
+# arithmetic soon dwarfs the fixed cost, and a few hundred images per step already keep its cores busy.
+# On a GPU the fixed cost is the kernel launches and the arithmetic is fast, so the rate keeps growing
+# with the batch for far longer: that is the step from rung 1 to rung 2.
 #
 # </details>
 #
@@ -883,6 +949,8 @@ else:
 #     print(f"D = {D:4d}: {m:6d} x {D} x {D}  {speed.matmul_tflops(m, D, D, reps=5) * 1e3:7.1f} GFLOP/s")
 # ```
 #
+# `matmul_tflops` measures on its `device` argument, the CPU when it is left out, as here: this solution
+# times the CPU even on a machine with a GPU (pass `device="cuda", dtype=torch.bfloat16` to time a GPU).
 # In quick mode on the same shared 2-core CPU:
 #
 # ```text
@@ -894,9 +962,11 @@ else:
 # ```
 #
 # The same number of FLOPs runs five times slower at D = 16 than at D = 64 and above: a narrow multiply
-# reads and writes more bytes per FLOP, and the CPU waits for memory. The CPU reaches its (low) peak at
-# D = 64, because it needs only a few FLOPs per byte; a GPU needs hundreds, so the same drop sets in at
-# much wider matrices, which is why the section above finds the article's D = 256 far from the peak.
+# does only D multiply-adds for each number it writes, so moving numbers, not arithmetic, sets its pace.
+# This CPU reaches its (low) peak from D = 64 on; a GPU does far more arithmetic for each byte it can
+# move (201 FLOPs per byte in the section above), so there the drop reaches much wider matrices, and
+# short multiplies also pay fixed costs per call, as that section found. Together, that is why the
+# article's D = 256 stays far from the peak.
 #
 # </details>
 #

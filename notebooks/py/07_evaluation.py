@@ -99,7 +99,8 @@ print(f"the article: 75.07%  |  {2 * len(preds):,} images classified in {seconds
 # The first line is the number to quote; the interval is about ± 0.7 points wide, so differences
 # between models smaller than that are noise on this test set. Averaging over the mirror image is a
 # second, labelled number: it costs two forward passes per image. On two CPU cores the passes take
-# several minutes (the last line says how long they took where this notebook ran); on a GPU, seconds.
+# several minutes (the last line says how long they took where this notebook ran); on a GPU, under a
+# second (the stored run's line, on one NVIDIA H200, rounds it to 0 s).
 #
 # `tools/run_series.py` (what `make run` calls) reports these numbers from the results file:
 
@@ -211,15 +212,21 @@ all_maps = model.attention_maps(batch).float().cpu()  # (L, B, H, T, T)
 dist = analysis.mean_attention_distance(all_maps, g, args.patch_size)  # (L, H)
 fig = plots.plot_mean_attention_distance(dist, args.patch_size, baseline=uniform)
 print("per layer, min and max over heads (pixels):", [(round(a, 1), round(b, 1)) for a, b in zip(dist.min(1).values.tolist(), dist.max(1).values.tolist())])
+above = (dist > uniform).nonzero().tolist()  # [layer, head] pairs, counted from 0
+print(f"heads above the uniform line ({uniform:.1f} px):" + ("".join(
+    f"\n  layer {l + 1}, head {h + 1}: {dist[l, h]:.1f} px, {dist[l, h] - uniform:.2f} above" for l, h in above) or " none"))
+far = dist < uniform - 4  # more than 4 px below the line
+print(f"the other {dist.numel() - len(above)} heads: {dist.numel() - len(above) - int(far.sum())} within 4 px below the line, "
+      f"{int(far.sum())} further below (in layers {sorted({l + 1 for l, _ in far.nonzero().tolist()})})")
 
 # %% [markdown]
-# Two heads sit above the dashed uniform line (16.5 px), favouring far-away patches: one in layer 2
-# (17.1 px) and one in layer 4 (17.3 px), the largest values the cell prints for those layers; layer
-# 6's farthest head (16.6 px) is on the line. Every other head sits near or below it, most within
-# about 4 px of it: on a 32x32 image cut into an 8x8 grid, every head looks across much of the image
-# (the ViT paper's large images leave far more room between "near" and "far"). The most local heads are in layers 2 and 3,
-# down to 8.6 px (about two patches) in layer 2; in the last layer every head is close to uniform
-# (15.5-16.6 px), mixing the whole image before the [CLS] token is read.
+# The cell lists the heads above the dashed uniform line. In the stored run there are three: one in
+# layer 2 and one in layer 4, about 0.6 and 0.7 px above it, which favour far-away patches, and one in
+# layer 6 only 0.02 px above, on the line. All the others sit below it, most of them within 4 px: on a
+# 32x32 image cut into an 8x8 grid, every head looks across much of the image (the ViT paper's large
+# images leave far more room between "near" and "far"). The few more than 4 px below are in the first
+# three layers; the most local, at 8.6 px (about two patches), is in layer 2. In the last layer every
+# head is close to uniform (15.5-16.6 px), mixing the whole image before the [CLS] token is read.
 #
 # ## What the positional embeddings learned
 # Each small tile belongs to one position (i, j) of the 8x8 grid and shows the cosine similarity of

@@ -182,7 +182,12 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainResult:
-    history: list[dict] = field(default_factory=list)  # one dict per epoch
+    """What `train()` returns. `history` holds one record per epoch: epoch, train_loss and train_acc (over the epoch's
+    augmented batches), val_loss, val_acc, lr (the epoch's last step's), seconds (that epoch's training time: its
+    batches and steps, validation excluded; not a running total), eval_seconds (its validation) and images_per_s.
+    `train_seconds`, the run's training time, is the sum of `seconds`; the log table's time column prints it so far."""
+
+    history: list[dict] = field(default_factory=list)  # one record per epoch (the keys above)
     best_val_acc: float = 0.0
     best_epoch: int = 0
     epochs: int = 0  # the run's length: cfg.epochs, or what budget_minutes chose
@@ -204,7 +209,7 @@ class TrainResult:
 def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Module | None = None,
           checkpoint_dir: str | Path | None = None, resume: bool = False, device: torch.device | str | None = None,
           progress: bool | None = None, on_epoch_end=None) -> TrainResult:
-    """Train `model` on `data` with `cfg`; returns the per-epoch history.
+    """Train `model` on `data` with `cfg`; returns the per-epoch history (`TrainResult` says what each record holds).
 
     teacher: a trained model to distill from (needs cfg.distill 'hard' or 'soft'); put in eval mode and never updated.
     With cfg.ema_decay, the validation, best.pt and the model at the end are the weights' moving average.
@@ -242,14 +247,12 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
                 pace.tick(i, device)
                 log.bar.update(1)
             seconds = pace.stop(device)
-            loss_sum, correct = distributed.all_reduce_sum(step.totals.clone()).tolist()  # (all ranks' shares)
-            train_loss, train_acc = loss_sum / (spe * cfg.batch_size), correct / (spe * cfg.batch_size)
-            check_finite(train_loss, model, epoch, cfg, run)
+            averages = training_averages(step.totals, spe * cfg.batch_size, distilling=teacher is not None)
+            check_finite(averages["train_loss"], model, epoch, cfg, run)
             t1 = time.perf_counter()
             val_loss, val_acc = evaluate(forward, val_batches, device, cfg.precision, across_ranks=True)
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                      "val_acc": val_acc, "lr": lr, "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
-                      "images_per_s": spe * cfg.batch_size / seconds}
+            record = {"epoch": epoch + 1, **averages, "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": seconds,
+                      "eval_seconds": time.perf_counter() - t1, "images_per_s": spe * cfg.batch_size / seconds}
             improved = result.add(record)
             if epoch == 0 and cfg.budget_minutes:
                 result.epochs = distributed.broadcast_int(pace.fit_budget(result, log))  # rank 0's clock decides
@@ -261,6 +264,17 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, *, teacher: nn.Mo
     if step.ema is not None:  # the model ends with what was validated and kept as best.pt: the average
         model.load_state_dict(step.ema.state_dict())
     return result
+
+
+def training_averages(totals: torch.Tensor, n_images: int, distilling: bool) -> dict[str, float]:
+    """An epoch's training loss and accuracy, from the step's sums (added over all processes); when distilling, also
+    the loss's two terms before weighting: train_labels_loss (cross-entropy with the labels, weighted 1 - w) and
+    train_teacher_loss (the teacher's term, weighted w), so that train_loss = (1 - w) * the first + w * the second."""
+    loss_sum, correct, labels_sum, teacher_sum = distributed.all_reduce_sum(totals.clone()).tolist()
+    averages = {"train_loss": loss_sum / n_images, "train_acc": correct / n_images}
+    if distilling:
+        averages |= {"train_labels_loss": labels_sum / n_images, "train_teacher_loss": teacher_sum / n_images}
+    return averages
 
 
 def check_finite(train_loss: float, model: nn.Module, epoch: int, cfg: TrainConfig, run: ckpt_io.TrainingRun) -> None:
