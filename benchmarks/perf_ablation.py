@@ -117,6 +117,17 @@ for _lever, (_set, _model, _why) in LEVERS.items():
     for _seed in (0, 1):
         RUNS[f"{_lever}150_s{_seed}"] = {"recipe": "distilled", "set": {**SHORT, "seed": _seed, **_set}, "model": _model,
                                          "teacher_seed": _seed, "est_s": 190 if _model else 175, "why": f"{_why}, seed {_seed}"}
+# Issue 29, second round: SPT + LSA (run 15: +1.96 points at 150 s, seed 0) at the full 265-s budget, and the sprint
+# cut to fit 20 s (teacher_sprint's ~4.5 s, then a 0.25-minute student budget, evaluation included), with and without it.
+SPT_LSA = {"spt": True, "lsa": True}
+for _seed in (0, 1):
+    RUNS[f"spt_lsa265_s{_seed}"] = {"recipe": "distilled", "set": {"seed": _seed}, "model": SPT_LSA, "teacher_seed": _seed,
+                                    "cold": True, "est_s": 300,
+                                    "why": f"the distilled recipe as released (4.33-min student budget) + SPT and LSA, seed {_seed}"}
+RUNS["sprint20"] = {"recipe": "distilled_sprint", "set": {"budget_minutes": 0.25}, "est_s": 40,
+                    "why": "the sprint with a 0.25-min student budget: about 20 s with its 10-epoch teacher"}
+RUNS["sprint20_spt_lsa"] = {"recipe": "distilled_sprint", "set": {"budget_minutes": 0.25}, "model": SPT_LSA, "est_s": 40,
+                            "why": "the 20-s sprint + SPT and LSA"}
 # Which GPU runs what (GPU -> its pinned runs, in order), then the shared runs in order of priority. Every pinned
 # run marked "cold" must be the first to compile on its GPU.
 PLANS: dict[str, tuple[dict[int, list[str]], list[str]]] = {
@@ -128,6 +139,9 @@ PLANS: dict[str, tuple[dict[int, list[str]], list[str]]] = {
     "seeds": ({0: ["final_seed1"], 1: ["final_seed2", "sprint_final"]}, []),
     # issue 29: every lever at the 150-s budget, seed 0 then seed 1 (one GPU: everything in this order; two: by seed)
     "levers": ({0: [f"{lever}150_s0" for lever in LEVERS], 1: [f"{lever}150_s1" for lever in LEVERS]}, []),
+    # issue 29, second round: the 150-s pair's seed 1 and the 20-s sprint on one queue, SPT + LSA at 265 s on the other
+    "levers2": ({0: ["base150_s1", "spt_lsa150_s1", "sprint20", "sprint20_spt_lsa"], 1: ["spt_lsa265_s0", "spt_lsa265_s1"]},
+                []),
 }
 PROBES = {0: ["probe_step"], 1: ["probe_blocks"]}
 PINNED, SHARED = PLANS["ablation"]
