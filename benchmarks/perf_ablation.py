@@ -140,8 +140,9 @@ PLANS: dict[str, tuple[dict[int, list[str]], list[str]]] = {
     # issue 29: every lever at the 150-s budget, seed 0 then seed 1 (one GPU: everything in this order; two: by seed)
     "levers": ({0: [f"{lever}150_s0" for lever in LEVERS], 1: [f"{lever}150_s1" for lever in LEVERS]}, []),
     # issue 29, second round: the 150-s pair's seed 1 and the 20-s sprint on one queue, SPT + LSA at 265 s on the other
-    "levers2": ({0: ["base150_s1", "spt_lsa150_s1", "sprint20", "sprint20_spt_lsa"], 1: ["spt_lsa265_s0", "spt_lsa265_s1"]},
-                []),
+    # (each 265-s run compiles cold, so each must be the first on its GPU: seed 1's is a plan of its own)
+    "levers2": ({0: ["base150_s1", "spt_lsa150_s1", "sprint20", "sprint20_spt_lsa"], 1: ["spt_lsa265_s0"]}, []),
+    "levers3": ({0: ["spt_lsa265_s1"]}, []),
 }
 PROBES = {0: ["probe_step"], 1: ["probe_blocks"]}
 PINNED, SHARED = PLANS["ablation"]
