@@ -8,6 +8,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?=
+# pytest-xdist workers for make test (0: one process); each notebook runs whole on one worker (conftest.py)
+JOBS ?= 2
 ifneq ($(strip $(DATA)),)
 export VIT_DATA_DIR := $(abspath $(DATA))
 endif
@@ -25,7 +27,7 @@ run: $(STAMP)
 	$(BIN)/python tools/run_series.py $(ARGS)
 
 test: $(STAMP)
-	VIT_PROGRESS=0 $(BIN)/python -m pytest $(ARGS)
+	VIT_PROGRESS=0 $(BIN)/python -m pytest -n $(JOBS) $(ARGS)
 
 # On a GPU: re-execute every notebook in place, retrain, and refresh the released weights and release/ (see tools/run_series.py).
 release: $(STAMP)

@@ -6,15 +6,6 @@ import torch
 
 from vit_helpers import ModelArgs
 
-# Under pytest-xdist (the GPU runs use it: tools/gpu_tests.py units -- -n N) each worker would start one thread per
-# core, N times over; a CPU test then crawls and one that runs a script under a time limit can miss it. Each worker,
-# and the processes it starts, gets its share of the cores.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if _WORKERS > 1:
-    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
-    torch.set_num_threads(_THREADS)
-    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
-
 TINY = ModelArgs(dim=32, hidden_dim=64, n_heads=4, n_layers=2, patch_size=4, image_size=16, n_classes=5, dropout=0.0)
 
 
