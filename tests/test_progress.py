@@ -98,7 +98,7 @@ def test_in_a_jupyter_kernel_the_output_is_html_with_a_text_fallback_and_no_widg
 
     code = textwrap.dedent(f"""
         import sys
-        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        sys.path[:0] = [{str(ROOT / 'tests')!r}, {str(ROOT)!r}]  # tests/ first: its conftest, not the root's
         from conftest import TINY, synthetic_data
         from vit_helpers import VisionTransformer
         from vit_helpers.train import train
