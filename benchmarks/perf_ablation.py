@@ -107,9 +107,10 @@ RUNS: dict[str, dict] = {
 # student budget), each with seeds 0 and 1 paired (the same teacher per seed), so a row's gain is read against the
 # baseline of its own seed. At ~175 s a run (start, data and test included), one H200 holds three a command.
 SHORT = {"budget_minutes": 2.3, "epochs": 220}
+SPT_LSA = {"spt": True, "lsa": True}  # the small-data issue's two model options
 LEVERS = {
     "base": ({}, {}, "the distilled recipe at the 150-s budget (baseline)"),
-    "spt_lsa": ({}, {"spt": True, "lsa": True}, "+ shifted patch tokens and locality self-attention (issue 27: +2.3 points at 40 epochs)"),
+    "spt_lsa": ({}, SPT_LSA, "+ shifted patch tokens and locality self-attention (issue 27: +2.3 points at 40 epochs)"),
     "droppath": ({"drop_path": 0.1}, {}, "+ stochastic depth 0.1 (rejected in short runs; now ~190 epochs)"),
     "erase": ({"erase_prob": 0.25}, {}, "+ Random Erasing on 25% of the images"),
 }
@@ -119,7 +120,6 @@ for _lever, (_set, _model, _why) in LEVERS.items():
                                          "teacher_seed": _seed, "est_s": 190 if _model else 175, "why": f"{_why}, seed {_seed}"}
 # Issue 29, second round: SPT + LSA (run 15: +1.96 points at 150 s, seed 0) at the full 265-s budget, and the sprint
 # cut to fit 20 s (teacher_sprint's ~4.5 s, then a 0.25-minute student budget, evaluation included), with and without it.
-SPT_LSA = {"spt": True, "lsa": True}
 for _seed in (0, 1):
     RUNS[f"spt_lsa265_s{_seed}"] = {"recipe": "distilled", "set": {"seed": _seed}, "model": SPT_LSA, "teacher_seed": _seed,
                                     "cold": True, "est_s": 300,
