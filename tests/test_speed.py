@@ -95,6 +95,24 @@ def test_the_ladder_table_shows_speed_up_and_mfu():
     assert "MFU" in lad.table() and "25.0%" in lad.table()  # 250 images/s * 1 GFLOP / 1 TFLOP/s
 
 
+def test_the_ladder_plot_is_logarithmic_and_shows_your_rates_beside_the_package():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (alone, paired) = plt.subplots(1, 2)
+    try:
+        speed.SpeedLadder.plot(ladder(), alone)
+        assert alone.get_xscale() == "log" and len(alone.patches) == 2 and alone.get_legend() is None
+        ladder().plot(paired, yours={"+ faster": 300.0})  # a rung without your rate keeps only the package's bar
+        widths = sorted(bar.get_width() for bar in paired.patches)
+        assert paired.get_xscale() == "log" and widths == [100.0, 250.0, 300.0] and paired.get_legend() is not None
+        assert [t.get_text() for t in paired.get_yticklabels()] == ["+ faster", "eager"]  # the first rung at the top
+    finally:
+        plt.close(fig)
+
+
 def test_the_ladder_refuses_bad_numbers_and_bad_files(tmp_path):
     with pytest.raises(ValueError, match="positive finite"):
         ladder().add("broken", float("nan"))

@@ -217,15 +217,25 @@ class SpeedLadder:
             lines.append(line)
         return "\n".join(lines)
 
-    def plot(self, ax, title: str | None = None):
-        """A horizontal bar per row, the first at the top."""
-        names = [r["step"] for r in self.rows][::-1]
-        values = [r["images_per_s"] for r in self.rows][::-1]
-        bars = ax.barh(range(len(values)), values, color="tab:blue")
+    def plot(self, ax, title: str | None = None, yours: dict[str, float] | None = None):
+        """A horizontal bar per row, the first at the top, on a log scale (the rungs span two orders of magnitude,
+        and equal factors look equal). yours: the learner's images/s by row name, drawn beside the package's."""
+        rows = self.rows[::-1]
+        mine = [(i, yours[r["step"]]) for i, r in enumerate(rows) if r["step"] in (yours or {})]
+        height = 0.4 if mine else 0.8
+        shift = height / 2 if mine else 0.0  # the package's bar above yours in each row
+        values = [r["images_per_s"] for r in rows]
+        bars = ax.barh([i + shift for i in range(len(rows))], values, height=height, color="tab:blue", label="the package's step")
         ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3)
-        ax.set_yticks(range(len(values)), names)
-        ax.set_xlabel("training images per second")
-        ax.set_xlim(0, max(values) * 1.18)
+        if mine:
+            bars = ax.barh([i - shift for i, _ in mine], [v for _, v in mine], height=height, color="tab:orange", label="your step")
+            ax.bar_label(bars, labels=[f"{v:,.0f}" for _, v in mine], padding=3)
+            ax.legend(loc="lower right")
+        everything = values + [v for _, v in mine]
+        ax.set_xscale("log")
+        ax.set_xlim(min(everything) / 2, max(everything) * 4)  # bars start at the left edge; room for their labels
+        ax.set_yticks(range(len(rows)), [r["step"] for r in rows])
+        ax.set_xlabel("training images per second (log scale)")
         ax.set_title(title or f"{self.model}, batch {self.batch_size}: {self.gpu}, {self.date}")
         return ax
 
