@@ -17,7 +17,8 @@
 # remaining time goes.
 #
 # **You will learn**
-# - how to time code that runs on a GPU (it runs behind the CPU), and why warm-up steps are left out;
+# - how to time code that runs on a GPU (it runs behind the CPU), why warm-up steps are left out, and why
+#   two steps that are compared are timed alternately, several times each;
 # - what each speed-up removes: per-step overhead and CPU image decoding (big batches, augmentation on the
 #   GPU), memory traffic (bf16, kernel fusion with `torch.compile`), kernel-launch overhead (a CUDA graph);
 # - how to write each of them on your own step: `torch.autocast`, `torch.compile`, and a whole-step CUDA
@@ -233,17 +234,23 @@ assert gap <= TOL["same"]
 # ## Measuring a rung
 # Your step is timed on the batches `train()` makes for the rung's config (`make_batches`, the package's
 # version of 05's batches), epoch after epoch: `on_batches` returns a function that runs your step on
-# the next one. The package's rung is timed by `measure`: `speed.make_step_fn(model, data, cfg, device)`
+# the next one. The package's rung comes from `speed.make_step_fn(model, data, cfg, device)`, which
 # builds what `train()` builds for a config (the same batches, and the package's step with that config's
 # precision and compile settings) and returns a function that trains one step on the next batch.
-# `measure` times it on a fresh model (same seed) and adds it to the ladder (a `speed.SpeedLadder`),
-# with your step's rate beside it when there is one. A GPU step is short, so each timing takes 30 steps
-# after 5 warm-up steps (the warm-up of a compiled step includes compiling); a CPU step is slow, so 4
-# after 1:
+#
+# `measure` times the two steps **alternately**, three times each: yours, the package's, yours, the
+# package's, yours, the package's, all in this one process. A single timing of each can land on a slow
+# moment of the machine (other work on the CPU, the GPU's clock changing) that the other timing missed;
+# alternating spreads such moments over both, and three timings each show how far one timing moves. It
+# prints every timing and the two medians, adds the package's median to the ladder (a
+# `speed.SpeedLadder`), keeps yours in `yours` for the ladder's plot, and returns your median. A GPU
+# step is short, so each timing takes 30 steps after 5 warm-up steps (the warm-up of a compiled step's
+# first timing includes compiling); a CPU step is slow, so 4 after 1:
 
 # %%
 ladder = speed.SpeedLadder.here(device, MODEL, cfg.batch_size)
-STEPS, WARMUP = (30, 5) if GPU else (4, 1)
+yours = {}  # your step's median images/s, by rung
+STEPS, WARMUP, ROUNDS = (30, 5, 3) if GPU else (4, 1, 3)
 
 
 def on_batches(my_step, rung_cfg):
@@ -258,15 +265,22 @@ def on_batches(my_step, rung_cfg):
     return lambda: my_step(*(t.to(device, non_blocking=True) for t in next(it)))
 
 
-def measure(name, rung_cfg, mine=None, steps=STEPS, warmup=WARMUP):
-    """Time the package's step for rung_cfg on a fresh model and add it to the ladder; `mine`: your step's images/s."""
+def measure(name, rung_cfg, my_step, steps=STEPS, warmup=WARMUP):
+    """Time my_step() and the package's step for rung_cfg (a fresh model) alternately, ROUNDS times each; print every
+    timing, add the package's median to the ladder, keep yours in `yours`; return your median images/s."""
     torch.manual_seed(0)
-    step, _ = speed.make_step_fn(vh.VisionTransformer(args), data, rung_cfg, device)
-    ips = speed.images_per_second(step, rung_cfg.batch_size, steps=steps, warmup=warmup, device=device)
+    package_step, _ = speed.make_step_fn(vh.VisionTransformer(args), data, rung_cfg, device)
+    rates = {"yours": [], "package": []}
+    for _ in range(ROUNDS):
+        for who, step in [("yours", my_step), ("package", package_step)]:
+            rates[who].append(speed.images_per_second(step, rung_cfg.batch_size, steps=steps, warmup=warmup, device=device))
+    ips, yours[name] = statistics.median(rates["package"]), statistics.median(rates["yours"])
     ladder.add(name, ips)
-    print(f"{name}: {ips:,.0f} images/s, {rung_cfg.batch_size / ips * 1e3:.1f} ms per step of {rung_cfg.batch_size} images"
-          + (f"; your step: {mine:,.0f} images/s ({mine / ips:.2f}x the package's)" if mine else ""))
-    return step
+    timings = {who: ", ".join(f"{r:,.0f}" for r in rs) for who, rs in rates.items()}
+    print(f"{name}: {ips:,.0f} images/s, {rung_cfg.batch_size / ips * 1e3:.1f} ms per step of {rung_cfg.batch_size} images "
+          f"(the package's median; its timings {timings['package']})")
+    print(f"  your step: {yours[name]:,.0f} images/s, {yours[name] / ips:.2f}x the package's (your timings {timings['yours']})")
+    return yours[name]
 
 # %% [markdown]
 # ## Rung 1: the article's setup
@@ -274,29 +288,28 @@ def measure(name, rung_cfg, mine=None, steps=STEPS, warmup=WARMUP):
 # `DataLoader` worker processes on the CPU, 16 images per step, in float32 (**fp32**: 32-bit floating
 # point), every PyTorch operation launched from Python one at a time (**eager** execution). 45,000
 # images at batch 16 are 2,812 steps per epoch, each paying the full cost of launching the model's few
-# hundred kernels. These are settings of the data, not of the step (05 wrote the tensor pipeline and
-# described this one; `make_batches` builds either from the config): your plain step on the article's
-# batches, then the package's:
+# hundred kernels. The first two settings, PIL in `DataLoader` workers and batch 16, belong to the data
+# (05 wrote the tensor pipeline and described this one; `make_batches` builds either from the config);
+# the last two, fp32 and eager, are how your plain step above already runs. Your plain step on the
+# article's batches, and the package's:
 
 # %%
 article_cfg = cfg.replace(batch_size=16, pipeline="classic", augment="article", mix_prob=0.0, precision="fp32",
                           compile=False, cuda_graph=False, num_workers=min(4, os.cpu_count() or 1))
 article_steps, article_warmup = (50, 10) if GPU else (10, 3)
 art_model, art_opt = fresh(article_cfg)
-mine = speed.images_per_second(on_batches(lambda x, y: training_step(art_model, art_opt, x, y, LR, article_cfg), article_cfg),
-                               article_cfg.batch_size, steps=article_steps, warmup=article_warmup, device=device)
-_ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, mine, steps=article_steps, warmup=article_warmup)
+run_article = on_batches(lambda x, y: training_step(art_model, art_opt, x, y, LR, article_cfg), article_cfg)
+mine_article = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, run_article, steps=article_steps, warmup=article_warmup)
 
 # %% [markdown]
 # That is the starting point, in images per second of this machine. Your step and the package's do the
-# same work, so they should run at about the same speed. In the release's run yours came out at 1.05x
-# the package's here (1,159 against 1,104 images/s), and at 0.95x to 1.00x at rungs 2, 3 and 5 below:
-# each rung is timed once, so each ratio carries the noise of one timing, and rung 1's timing is the
-# shortest (50 steps of 16 images, about 0.7 s) and depends on `DataLoader` workers on the CPU. Rung 4
-# is the exception (1.29x), discussed there. The ladder keeps the package's figure, so its rung 1 is the
-# lower of the two here. On a CPU shared with other work the timings scatter far more (compare the
-# timer's three runs above), so there a ratio well away from 1 is noise, not a difference between the
-# steps.
+# same work, so they should run at about the same speed: the ratio the cell prints compares the two
+# medians, and the three timings beside each show how far a single timing moves. A ratio away from 1 by
+# less than that spread says nothing about the steps. Rung 1's timings are the shortest (50 steps of 16
+# images, under a second on a GPU) and depend on `DataLoader` workers on the CPU, so they scatter most.
+# The ladder keeps the package's median. On a CPU shared with other work the timings scatter far more
+# (compare the timer's three runs above), so there a ratio well away from 1 is noise, not a difference
+# between the steps.
 #
 # ## Rung 2: big batches, augmented on the GPU
 # Two changes that belong together. The data is decoded *once* into a uint8 tensor that lives on the
@@ -309,40 +322,60 @@ _ = measure("article: PIL DataLoader, batch 16, fp32, eager", article_cfg, mine,
 # %%
 plain_model, plain_opt = fresh(eager_cfg)
 run_plain = on_batches(lambda x, y: training_step(plain_model, plain_opt, x, y, LR, eager_cfg), eager_cfg)
-mine = speed.images_per_second(run_plain, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
-eager_step = measure(f"batch {cfg.batch_size}, augmented on the {'GPU' if GPU else 'CPU'}, fp32, eager", eager_cfg, mine)
+mine_plain = measure(f"batch {cfg.batch_size}, augmented on the {'GPU' if GPU else 'CPU'}, fp32, eager", eager_cfg, run_plain)
 
 # %% [markdown]
-# Which of the two changes matters? Timing the two input pipelines alone, without any model, at the same
-# batch size (512): the article's PIL transforms in `DataLoader` workers (copied to the device) against
-# the tensor pipeline:
+# Which of the two changes matters? Two more measurements take them apart. First the batch size alone:
+# your plain step on the tensor pipeline at rung 1's batch of 16. From rung 1 to this, only the input
+# pipeline changed (and with it the augmentation: the recipe's instead of the article's); from this to
+# rung 2, only the batch size. The cell times it three times and prints the median, and the two factors
+# of your step's rate; they multiply to your step's gain from rung 1 to rung 2:
+
+# %%
+small_cfg = eager_cfg.replace(batch_size=16)
+small_model, small_opt = fresh(small_cfg)
+run_small = on_batches(lambda x, y: training_step(small_model, small_opt, x, y, LR, small_cfg), small_cfg)
+small = [speed.images_per_second(run_small, 16, steps=article_steps, warmup=article_warmup, device=device) for _ in range(ROUNDS)]
+mine_small = statistics.median(small)
+print(f"your plain step, tensor pipeline, batch 16: {mine_small:,.0f} images/s (median; timings {', '.join(f'{r:,.0f}' for r in small)})")
+print(f"from rung 1 (PIL, batch 16): {mine_small / mine_article:.1f}x, the pipeline's part; "
+      f"on to rung 2 (batch {cfg.batch_size}): {mine_plain / mine_small:.1f}x, the batch size's part")
+
+# %% [markdown]
+# Then the two input pipelines alone, without any model, at rung 2's batch size: the article's PIL
+# transforms in `DataLoader` workers (each batch copied to the device) against the tensor pipeline.
+# `on_batches` with a step that does nothing makes the batches and copies them; each pipeline is timed
+# three times over 20 batches (4 on a CPU), after a warm-up of 4 batches (2) while the `DataLoader`'s
+# workers start:
 
 # %%
 for name, pipe_cfg in [("PIL transforms in DataLoader workers", article_cfg.replace(batch_size=cfg.batch_size)), (f"the tensor pipeline on the {'GPU' if GPU else 'CPU'}", eager_cfg)]:
-    batches, _, _ = make_batches(data, pipe_cfg, device, args.n_classes)
-    it = iter(batches)
-    ips = speed.images_per_second(lambda: [t.to(device, non_blocking=True) for t in next(it)], cfg.batch_size,
-                                  steps=10 if GPU else 4, warmup=2, device=device)
-    print(f"{name}: {ips:,.0f} images/s made, before any model runs")
-    del batches, it
-print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} images/s")
+    make_only = on_batches(lambda x, y: None, pipe_cfg)  # the next batch, on the device; no training
+    made = [speed.images_per_second(make_only, cfg.batch_size, steps=20 if GPU else 4, warmup=4 if GPU else 2, device=device)
+            for _ in range(ROUNDS)]
+    print(f"{name}, batch {cfg.batch_size}: {statistics.median(made):,.0f} images/s made, before any model runs "
+          f"(median; timings {', '.join(f'{r:,.0f}' for r in made)})")
+    del make_only
+print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} images/s (the package's), {mine_plain:,.0f} (yours)")
 
 # %% [markdown]
-# The answer, from these numbers (the release's run, full mode on the H200): both, already at rung 2.
-# Both pipelines were timed at rung 2's batch of 512. There the PIL pipeline makes 9,283 images/s, about
-# half the 17,943 that the eager step trains: at batch 512 PIL could not have fed even this rung. The
-# bigger batch alone, the fixed cost of a step shared by 32 times more images, would have been capped at
-# PIL's 9,283 images/s, 8.4x rung 1's 1,104; the rest of rung 2's 16.2x needs the batches made on the
-# device. (At rung 1's batch 16 the PIL pipeline was not timed on its own; a `DataLoader` pays its
-# per-batch costs 32 times as often there.) The next rungs train faster still (24,645 images/s with
-# bf16, 88,042 at the last rung), so with PIL every rung from 2 on would be capped at 9,283 images/s or
-# below. The tensor pipeline makes 226,048 and leaves the step the limit.
+# The answer, from these numbers (the release's run, full mode on the H200). The first cell splits your
+# step's gain from rung 1 to rung 2 into its two factors: in the release's run TODO(gpu)x for the
+# tensor pipeline at batch 16, and TODO(gpu)x for the batch of 512 on that pipeline. The pipeline's part
+# includes a `DataLoader`'s costs per batch, paid 32 times as often at batch 16 as at batch 512; the batch
+# size's part is the fixed cost of a step shared by 32 times more images.
 #
-# In general, an input pipeline slower than the training step caps training at its own rate, however
-# fast the model runs; the PIL pipeline also takes CPU cores from the training process. On a GPU the tensor
-# pipeline costs the CPU nothing but launching its kernels, since the GPU makes the batches (in rungs 4
-# and 5 it is compiled and recorded with the step). On a CPU both pipelines share the same cores with the
-# model. From here on, every rung uses the tensor pipeline.
+# The second cell compares what each pipeline makes with what the step trains. An input pipeline slower
+# than the training step caps training at its own rate, however fast the model runs. In the release's
+# run the PIL pipeline made TODO(gpu) images/s at batch 512 (median of three); wherever that is below
+# what a rung trains (the last line for rung 2, the ladder below for the others), PIL alone would hold
+# that rung back. The last rung trains several times more than PIL has made in earlier runs of this
+# notebook on the H200 (9,283 and 21,630 images/s, run 15 of `benchmarks/NOTES.md`), while the tensor
+# pipeline makes TODO(gpu) and leaves the step the limit. The PIL pipeline also takes CPU cores from
+# the training process. On a GPU the tensor pipeline costs the CPU nothing but launching its kernels,
+# since the GPU makes the batches (rung 4 compiles the batch making, and the package's rung 5 records it
+# with the step: captured as a CUDA graph, rung 5). On a CPU both pipelines share the same cores with
+# the model. From here on, every rung uses the tensor pipeline.
 #
 # ## Rung 3: bf16 autocast
 # A float32 number takes 4 bytes. **bfloat16** (bf16) takes 2: it keeps float32's 8 exponent bits, so
@@ -380,20 +413,23 @@ def bf16_loss(model, x, y, cfg):
         return F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)  # autocast computes it in float32
 
 # %% [markdown]
-# The checks, from the same weights on the same batch: against the float32 loss, with a tolerance of
-# 1e-2 (bf16 keeps about 3 significant digits, so the loss may move in its third or fourth); and against
-# the package's step with `precision="auto"`, the package's setting for this rung: bf16 autocast on a
-# GPU for which `torch.cuda.is_bf16_supported()` is true (an H200), float16 with a `GradScaler` on one
-# for which it is not, float32 on a CPU (`autocast_settings` in `vit_helpers/step.py`). The package's
-# step (`TrainStep.loss`) puts the same context around the forward pass, but computes the cross-entropy
-# after leaving it, on `logits.float()`, where yours computes it inside, with autocast choosing each
-# operation's precision. (It also enters `attention_kernels(cfg.attention)`, which picks the attention
-# kernel; the recipe's `attention="auto"` leaves torch's own choice, as in yours.) The same logits,
-# rounded through different operations: the two agree to rounding, not exactly as the float32 steps did,
-# hence `TOL["same in bf16"]`, 1e-4, five times the 2.1e-05 they differed by in the release's run
-# (below). There bf16 differed from float32 by only 6.2e-05: over a loss averaged on 512 images the
-# roundings largely average out, so these checks show the same computation, and the speed shows the
-# precision. Then the speed: your bf16 step (`run_bf16`), and the package's.
+# The checks, from the same weights on the same batch. First against the float32 loss, with a tolerance
+# of 1e-2: bf16 keeps about 3 significant digits, so the loss may move in its third or fourth.
+#
+# Then against the package's step with `precision="auto"`, the package's setting for this rung: bf16
+# autocast on a GPU for which `torch.cuda.is_bf16_supported()` is true (an H200), float16 with a
+# `GradScaler` on one for which it is not, float32 on a CPU (`autocast_settings` in
+# `vit_helpers/step.py`). The package's step (`TrainStep.loss`) puts the same context around the
+# forward pass, but computes the cross-entropy after leaving it, on `logits.float()`, where yours
+# computes it inside, with autocast choosing each operation's precision. (It also enters
+# `attention_kernels(cfg.attention)`, which picks the attention kernel; the recipe's `attention="auto"`
+# leaves torch's own choice, as in yours.)
+#
+# The same logits, rounded through different operations: the two agree to rounding, not exactly as the
+# float32 steps did, hence `TOL["same in bf16"]`, 1e-4, five times the 2.1e-05 they differed by in the
+# release's run (below). There bf16 differed from float32 by only 6.2e-05: over a loss averaged on 512
+# images the roundings largely average out, so these checks show the same computation, and the speed
+# shows the precision. Then the speed: your bf16 step (`run_bf16`) and the package's, alternately.
 
 # %%
 bf16_cfg = eager_cfg.replace(precision="auto")
@@ -407,8 +443,7 @@ if GPU:
     check("your bf16 step against TrainStep(precision='auto')", bf16_ref, (pkg.totals[0] / len(x)).item(), TOL["same in bf16"])
     bf16_model, bf16_opt = fresh(bf16_cfg)
     run_bf16 = on_batches(lambda x, y: training_step(bf16_model, bf16_opt, x, y, LR, bf16_cfg, bf16_loss), bf16_cfg)
-    mine = speed.images_per_second(run_bf16, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
-    bf16_step = measure("+ bf16 autocast", bf16_cfg, mine)
+    mine_bf16 = measure("+ bf16 autocast", bf16_cfg, run_bf16)
 else:
     print("not run here: autocast to bf16 needs a CUDA GPU in this project. On a GPU this cell checks your bf16 "
           "loss against float32 (to 1e-2) and against the package's bf16 step, then times both.")
@@ -420,31 +455,37 @@ else:
 # **busy time** (the kernels' summed duration: when the GPU computes) and the wall-clock time. On a CPU
 # there are no kernels; it counts PyTorch operators instead (each one a trip from Python through
 # PyTorch's dispatcher, the CPU's counterpart of a launch). If busy time is far below the step time, the
-# device is waiting for the CPU to queue the next kernel: the step is **launch-bound**. The step
-# profiled is your fastest so far: `run_bf16` on a GPU, `run_plain` on a CPU.
+# device is waiting for the CPU side (Python, PyTorch's dispatcher, autograd) to queue the next kernel:
+# the step is **launch-bound**. The step profiled is your fastest so far: `run_bf16` on a GPU, where
+# your float32 step `run_plain` is profiled too, to compare; `run_plain` on a CPU.
 
 # %%
-profiled = run_bf16 if GPU else run_plain
-prof = speed.profile_step(profiled, device=device, steps=3)
-step_ms = 1e3 * cfg.batch_size / mine  # your step (the last one timed above), without the profiler
+profiled = {"float32": run_plain, "bf16": run_bf16} if GPU else {"float32": run_plain}
+profiles = {name: speed.profile_step(step, device=device, steps=3) for name, step in profiled.items()}
 what = "kernels" if GPU else "operators"
-share = prof.busy_ms / prof.wall_ms  # both from the profiled steps
-print(f"your {'bf16' if GPU else 'plain'} step: {prof.items:,} {what} per step; busy {prof.busy_ms:.1f} ms of {prof.wall_ms:.1f} ms under the "
-      f"profiler ({share:.0%}; {step_ms:.1f} ms without it): {'launch-bound, the device waits' if share < 0.6 else 'the device is busy most of the step'}")
+for name, pr in profiles.items():
+    print(f"your {name} step: {pr.items:,} {what} per step, busy {pr.busy_ms:.1f} ms")
+prof = profiles["bf16" if GPU else "float32"]  # your fastest step so far
+step_ms = 1e3 * cfg.batch_size / (mine_bf16 if GPU else mine_plain)  # its median from its rung: without the profiler
+under, without = prof.busy_ms / prof.wall_ms, prof.busy_ms / step_ms
+print(f"busy {prof.busy_ms:.1f} ms of {prof.wall_ms:.1f} ms under the profiler ({under:.0%}); of {step_ms:.1f} ms without it "
+      f"({without:.0%}): {'launch-bound, the device waits' if without < 0.6 else 'the device is busy most of the step'}")
 print(prof.table(rows=8))
 
 # %% [markdown]
-# The profiler itself slows the CPU side: it records every operation, so the profiled step takes far
-# longer than without it, while the kernels it times still run on the GPU at their own speed. The share
-# it prints therefore understates how busy the GPU normally is; set the busy time against the step time
-# without the profiler instead, as the cell does. In the release's run your step took 38.5 ms under the
-# profiler and 22.0 ms without it (1.75x), and its kernels were busy for 10.9 of its 22.0 ms without it,
-# about half: below the cell's 60% line even so, and the GPU sat idle for about half of every step,
-# waiting for Python to launch the next kernel. The table lists the kernels that take the most GPU time.
-# In the release's run the top one was `GammaBetaBackward` (17%), part of LayerNorm's backward pass
-# (the gradients of its scale and shift); with LayerNorm's forward (`vectorized_layer_norm`) and its
-# other backward kernel (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than
-# attention.
+# The profiler itself slows the CPU side: it records every operation, so a profiled step takes longer
+# than without it, while the kernels it times still run on the GPU at their own speed. The first share
+# the cell prints, the busy time over the step's time under the profiler, therefore understates how busy
+# the GPU normally is. The second sets the busy time against your step's own time without the profiler
+# (its median from the rung above), and the verdict follows that one: below 60%, the GPU sits idle for
+# the rest of every step, waiting for the CPU side (Python, PyTorch's dispatcher, autograd) to queue the
+# next kernel. In the release's run the two shares were TODO(gpu) under the profiler and TODO(gpu)
+# without it.
+#
+# The table lists the kernels that take the most GPU time. In the release's run the top one was
+# `GammaBetaBackward` (17%), part of LayerNorm's backward pass (the gradients of its scale and shift);
+# with LayerNorm's forward (`vectorized_layer_norm`) and its other backward kernel
+# (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than attention.
 #
 # The busy time is a sum of the durations the profiler recorded, kernel by kernel: good for comparing
 # two steps profiled the same way, not an exact clock of the GPU. Kernels that run at the same time on
@@ -466,18 +507,18 @@ print(prof.table(rows=8))
 # residual addition, a LayerNorm and a GELU become one kernel that reads its input once and writes its
 # output once, instead of several kernels each writing an intermediate result to GPU memory and reading
 # it back. It also derives the backward pass of what it compiled, fused the same way. Fewer kernels,
-# fewer launches, less memory traffic. The price is the compile itself, paid at the first call: 18.5 s
-# for your loss in the release's run (below; how long depends on what the compiler's caches on disk
-# already hold), and up to tens of seconds for a whole step from empty caches: in run 11 of
+# fewer launches, less memory traffic. The price is the compile itself, paid at the first call:
+# TODO(gpu) s for your loss in the release's run (below; how long depends on what the compiler's caches
+# on disk already hold), and up to tens of seconds for a whole step from empty caches: in run 11 of
 # `benchmarks/NOTES.md` (NVIDIA H200s), the first epochs of notebook 09's distilled step, whose loss
 # also runs a CNN teacher (compiled with it), took 28.6 to 36.5 s, most of it compiling.
 #
 # Your rung is one call: compile your bf16 loss (the model's forward pass and the loss). The step around
 # it stays plain Python; the optimizer is already one fused kernel. The first step compiles (timed below);
 # then the check against your eager bf16 step from the same weights, to 2e-3 (the fused kernels round in
-# another order), and the speed, yours and the package's. The package's compiled rung also compiles the
-# batch making (`make_batches` does, for a config with `compile=True`), so both steps here get their
-# batches from the same compiled augmentation:
+# another order), and the speed, yours and the package's, alternately. The package's compiled rung also
+# compiles the batch making (`make_batches` does, for a config with `compile=True`), so both steps here
+# get their batches from the same compiled augmentation. Last, a profile of your compiled step:
 
 # %%
 compiled_cfg = bf16_cfg.replace(compile=True)
@@ -491,26 +532,49 @@ if GPU:
     print(f"first call of the compiled loss, compiling included: {time.perf_counter() - t0:.1f} s")
     check("your compiled step against your eager bf16 step", compiled_ref, bf16_ref, TOL["compiled vs eager"])
     run_compiled = on_batches(lambda x, y: training_step(c_model, c_opt, x, y, LR, compiled_cfg, compiled_loss), compiled_cfg)
-    mine = speed.images_per_second(run_compiled, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
-    compiled_step = measure("+ torch.compile", compiled_cfg, mine)
+    mine_compiled = measure("+ torch.compile", compiled_cfg, run_compiled)
     compiled = speed.profile_step(run_compiled, device=device, steps=3)
-    print(f"kernels per step: {prof.items:,} eager, {compiled.items:,} compiled; busy {compiled.busy_ms:.1f} ms "
-          f"of a {1e3 * cfg.batch_size / mine:.1f} ms step (yours, timed above without the profiler)")
+    c_ms = 1e3 * cfg.batch_size / mine_compiled  # your compiled step's median, without the profiler
+    print(f"kernels per step: {prof.items:,} eager, {compiled.items:,} compiled; busy {compiled.busy_ms:.1f} ms of a {c_ms:.1f} ms "
+          f"step ({compiled.busy_ms / c_ms:.0%}; your step's median above, without the profiler)")
 else:
     print("not run here: this project compiles only on a CUDA GPU. On a GPU this cell compiles your bf16 loss, "
           "checks the compiled step's loss against your eager bf16 step (to 2e-3), times both, and profiles yours.")
 
 # %% [markdown]
-# In the release's run (full mode on the H200), compiling cut your step's kernels by a third, from 692
-# to 461, and their busy time under the profiler from 10.9 to 6.0 ms (fused kernels read and write
-# memory once); your step went from 22.0 to 14.5 ms, 1.52x the speed (23,297 to 35,379 images/s). The
-# package's step gained much less: from 20.8 to 18.7 ms, 1.11x (24,645 to 27,328 images/s), so your
-# compiled step timed 1.29x the package's. Both compile the same loss on batches from the same compiled
-# augmentation, and each was timed once, but a gap this wide is far outside the other rungs' ratios
-# (0.95x to 1.05x), and this run does not show its cause. The package's compile rung is also the one
-# that has moved most between runs on the same kind of GPU: 1.08x over bf16 in one earlier run, 1.66x
-# in another (run 14 of `benchmarks/NOTES.md`). The ladder keeps the package's figure. Of your step's
-# 14.5 ms, the profiler counts only about 40% as GPU work (6.0 ms). The step is still launch-bound:
+# In the release's run (full mode on the H200), compiling cut your step's kernels from TODO(gpu) to
+# TODO(gpu) and their busy time under the profiler from TODO(gpu) to TODO(gpu) ms (fused kernels read and
+# write memory once); your step's median went from TODO(gpu) to TODO(gpu) ms per step.
+#
+# **Your compiled step against the package's.** In earlier runs each was timed once, right after the
+# other, and the two disagreed more here than at any other rung: your compiled step came out 1.29x the
+# package's in run 15 of `benchmarks/NOTES.md` (35,379 against 27,328 images/s), and the package's own
+# compile rung has read 1.08x, 1.66x and 1.11x over bf16 in three runs on the same kind of GPU. Hence
+# the alternating timings. The ratio of the medians is the one the cell prints; in the release's run it
+# was TODO(gpu). If it sits within the spread of the three timings of each step, the two compiled steps
+# run at the same speed and a single timing is too noisy to compare them; if every timing of one step is
+# above every timing of the other, the gap is real, and it lies in what the two steps do differently.
+#
+# Both compile the same forward pass, on batches from the same compiled augmentation. What differs is
+# the code around it, `TrainStep.loss` and `TrainStep.update` in `vit_helpers/step.py` against your
+# `bf16_loss` and `training_step`:
+# - the package computes the cross-entropy after leaving autocast, on `logits.float()` (a float32 copy
+#   of the (B, 10) logits); yours computes it inside autocast, which picks float32 for it;
+# - its compiled function also computes the batch's sums for the epoch's totals: the loss times the
+#   batch size, and the correct predictions (`logits.argmax(-1)` compared with the labels, taken with
+#   `y.argmax(-1)` from MixUp's and CutMix's soft labels, and summed), put into one tensor by
+#   `torch.stack`; the step then adds them to `totals` (`totals += sums`, outside the compiled
+#   function). Yours returns the loss alone;
+# - its backward pass and optimizer step go through a `GradScaler` (`scaler.scale(loss).backward()`,
+#   `scaler.unscale_`, `scaler.step`, `scaler.update`), which bf16 leaves disabled: calls that do no
+#   arithmetic, but are still made in every step;
+# - it compiles a method, `self.loss`, which reaches the model through `self`, where yours compiles a
+#   function that takes the model as an argument; and it sets the learning rate with `set_lr`, and clips
+#   with `foreach=True` on a list of the parameters made once.
+#
+# This notebook does not test which of these, if any, changes the speed: each would need its own timing,
+# one change at a time. The ladder keeps the package's median. The last line says how much of your
+# compiled step the profiler counts as GPU work; where that share is low, the step is still launch-bound:
 # every remaining kernel is still launched from Python, one at a time.
 #
 # ## Rung 5: the whole step as one CUDA graph
@@ -610,11 +674,11 @@ graph_cfg = compiled_cfg.replace(cuda_graph=True)  # the recipe's speed settings
 if GPU:
     check("your graphed step against your eager bf16 step", graphed_step(x, y, LR).item(), bf16_ref, TOL["graphed vs eager"])
     run_graphed = on_batches(lambda x, y: graphed_step(x, y, LR), compiled_cfg)
-    mine_graphed = speed.images_per_second(run_graphed, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
+    whole_ms = 1e3 * cfg.batch_size / speed.images_per_second(run_graphed, cfg.batch_size, steps=STEPS, warmup=WARMUP, device=device)
     replay_gpu_ms = gpu_ms(g.replay)
     replay_wall_ms = 1e3 / speed.images_per_second(g.replay, 1, steps=100, warmup=5, device=device)
     print(f"one replay: {replay_gpu_ms:.2f} ms of GPU time (CUDA events); {replay_wall_ms:.2f} ms per replay back to back; "
-          f"your whole graphed step, batch making included: {1e3 * cfg.batch_size / mine_graphed:.2f} ms")
+          f"your whole graphed step, batch making included: {whole_ms:.2f} ms")
 else:
     print("not run here (no CUDA GPU): on a GPU this cell checks the first replay's loss against your eager bf16 step, "
           "times your graphed step, and compares a replay's GPU time (CUDA events) with its wall time")
@@ -638,17 +702,16 @@ else:
 # %%
 if GPU:
     print(f"this rung's config is the {runtime.RECIPE} recipe's: {graph_cfg == cfg}")
-    graphed_step_pkg = measure("+ the whole step as one CUDA graph", graph_cfg, mine_graphed)
+    measure("+ the whole step as one CUDA graph", graph_cfg, run_graphed)
 else:
     print("not measured here: CUDA graphs need a CUDA GPU")
 
 # %% [markdown]
 # Your graph leaves the batch making outside and the package's records it inside, so yours may be
 # slower, by up to the time that making and copying a batch takes (your whole step against a replay,
-# above: 5.86 against 5.71 ms in the release's run). There the two came out level (0.99x: 5.86 against
-# 5.82 ms per step). A gap of 0.04 ms is well inside the scatter of single timings (0.95x to 1.05x at
-# rungs 1 to 3), so this run cannot say whether recording the batch making saves any of those 0.15 ms.
-# The package's graph is the one `train()` uses.
+# above). The ratio of the medians is the one the cell prints, TODO(gpu) in the release's run. Where it
+# lies within the spread of the three timings of each step, this run cannot say whether recording the
+# batch making saves any of that time. The package's graph is the one `train()` uses.
 #
 # ## How much of the hardware is used: FLOPs, the matrix-multiply rate, MFU
 # A **FLOP** is one floating-point operation; a multiply-add counts as two. Notebook 04 counted the
