@@ -91,12 +91,15 @@ print("speed settings of the recipe:", {k: getattr(cfg, k) for k in ("pipeline",
 # A GPU runs **kernels**: one kernel is one function (a matrix multiply, an addition, a LayerNorm)
 # executed by thousands of GPU threads at once. Python does not wait for a kernel to finish: each
 # PyTorch call *launches* its kernels, which puts them in a queue, and returns without waiting for them.
-# A **kernel launch** costs the CPU a few microseconds, and the GPU then works through the queue on its
-# own. So a clock read right after a call measures the CPU's part (queueing, and any set-up the call
-# does), not the GPU's work. The cell below times one matrix multiply both ways:
-# `torch.cuda.synchronize()` waits until the queue is empty (the cell calls it as
-# `speed.synchronize(device)`, the package's wrapper, which does nothing on a CPU). It is the first
-# matrix multiply of this process, with no warm-up before it:
+# The **kernel launch** itself, putting a kernel in the queue, takes the CPU a few microseconds; each
+# call also costs the CPU its own work before that: Python, PyTorch's **dispatcher** (the layer that
+# picks the implementation of an operation for its tensors' device and type) and, in training,
+# **autograd** (which records every operation for the backward pass). A section below measures that
+# CPU side per call. The GPU works through the queue on its own, so a clock read right after a call
+# measures the CPU's part (queueing, and any set-up the call does), not the GPU's work. The cell below
+# times one matrix multiply both ways: `torch.cuda.synchronize()` waits until the queue is empty (the
+# cell calls it as `speed.synchronize(device)`, the package's wrapper, which does nothing on a CPU). It
+# is the first matrix multiply of this process, with no warm-up before it:
 
 # %%
 a = torch.randn(4096, 4096, device=device) if GPU else torch.randn(1024, 1024)  # a CPU is slower: a smaller one
@@ -494,11 +497,44 @@ print(prof.table(rows=8))
 # tracing stretches each kernel a little. Where the exact figure matters (rung 5), we measure the GPU's
 # own time directly with CUDA events.
 #
-# On a GPU the article's small model launches hundreds of kernels per step (692 in the release's run),
-# many of them tiny elementwise ones (additions, GELU, LayerNorm, copies), each from Python, and the GPU
-# idles between them whenever Python is slower than the GPU. On a CPU the cell profiles `run_plain` and
-# lists operators instead: the CPU computes each operator as it dispatches it, so no separate device is
-# left waiting. The next two rungs attack the kernel count and the launches.
+# On a GPU the article's small model launches hundreds of kernels per step, many of them tiny
+# elementwise ones (additions, GELU, LayerNorm, copies), each queued by the CPU side, and the GPU idles
+# between them whenever the CPU side is slower than the GPU. The first two lines compare your two eager
+# steps: in the release's run your float32 step ran TODO(gpu) kernels per step with TODO(gpu) ms busy,
+# your bf16 step TODO(gpu) kernels with TODO(gpu) ms busy. Autocast adds kernels of its own, the casts
+# of weights and activations to bf16; where the bf16 count is the higher one, it took no launch away,
+# and what bf16 saves is time inside the kernels (the busy times), not launches. On a CPU the cell
+# profiles `run_plain` only and lists operators instead: the CPU computes each operator as it dispatches
+# it, so no separate device is left waiting.
+#
+# How long is the CPU side of one kernel? The profile gives an average: the time the GPU is idle in a
+# step (the step's time without the profiler, less the busy time), spread over the step's kernels. A
+# direct measurement: one tiny operation, `add_(1)` on a tensor of one number, 1,000 times back to back,
+# timed by `speed.images_per_second` (one "image" per call, so it returns calls per second). Its GPU work
+# is next to nothing, so the time per call is the CPU's: Python, the dispatcher and the launch. Then the
+# same with autograd's part added: `leaf + 1` on a tensor that requires a gradient, for which autograd
+# records a node of the backward graph at every call:
+
+# %%
+one = torch.zeros(1, device=device)
+leaf = torch.zeros(1, device=device, requires_grad=True)
+for name, op in [("one.add_(1)", lambda: one.add_(1)), ("leaf + 1, leaf requiring a gradient", lambda: leaf + 1)]:
+    us = 1e6 / speed.images_per_second(op, 1, steps=1000, warmup=100, device=device)
+    print(f"{name}, 1,000 times back to back: {us:.1f} µs per call")
+if GPU:
+    idle_ms = step_ms - prof.busy_ms
+    print(f"your bf16 step: {idle_ms:.1f} ms of GPU idle time per step over {prof.items:,} kernels: {1e3 * idle_ms / prof.items:.1f} µs per kernel")
+
+# %% [markdown]
+# A bare call costs the CPU a few microseconds, and one that autograd records costs more. A training
+# step's operations are rarely bare: many take several tensors, some launch several kernels, and each
+# one in the forward pass is recorded for the backward pass. In the release's run the two calls took
+# TODO(gpu) and TODO(gpu) µs, and your bf16 step left the GPU idle for TODO(gpu) µs per kernel. Either
+# way it is microseconds of CPU work for every kernel, against kernels that mostly last microseconds too
+# (the table above): where the verdict above says launch-bound, the CPU side, not the GPU, sets the
+# pace of the step. On a CPU the same lines measure the cost of a call there, but no other device waits
+# for it: the CPU pays it between its own computations. The next two rungs attack the kernel count and
+# the launches.
 #
 # ## Rung 4: `torch.compile`
 # `torch.compile` reads the Python code of a function once, builds a graph of its tensor operations, and
