@@ -828,37 +828,57 @@ else:
 # In one block, the article's model multiplies a (tokens, 256) matrix by (256, 256) and (256, 512)
 # weight matrices. At batch 512 the token count is 512 x 65 = 33,280, so the typical multiply is
 # 33,280 x 256 x 256. Timing those shapes next to the big one, each with its **arithmetic intensity**,
-# FLOPs per byte the multiply must read and write (2 bytes per bf16 number):
+# FLOPs per byte the multiply must read and write (2 bytes per bf16 number). Each shape is timed two
+# ways: alone, one call between two synchronisations (`speed.median_seconds`, as `matmul_tflops` does),
+# and in a row, 100 multiplies (5 on a CPU) queued back to back with one synchronisation at the end
+# (`speed.images_per_second`, one "image" per multiply), as multiplies run inside a step. Beside them,
+# the two lower bounds on a multiply's time: its FLOPs at the peak rate measured above (the **compute
+# time**) and its bytes at the memory bandwidth that a large copy measures (the **memory time**). The
+# TFLOP/s column is the rate of a call alone (what `matmul_tflops` gives); the times are in µs; the
+# last column is the time in a row over the larger of the two bounds, where 1 would be as fast as that
+# bound allows:
 
 # %%
 tokens, D = cfg.batch_size * (args.n_patches + 1), args.dim
 size = torch.finfo(DTYPE).bits // 8
-print(f"{'m x k x n':>22}  {'TFLOP/s':>8}  {'FLOP per byte':>13}")
-for m, k, n in [(N, N, N), (tokens, D, D), (tokens, D, args.hidden_dim), (tokens, args.hidden_dim, D)]:
-    rate = peak if m == k == n == N else speed.matmul_tflops(m, k, n, device=device, dtype=DTYPE)  # the peak: measured above
-    intensity = 2 * m * k * n / (size * (m * k + k * n + m * n))
-    print(f"{f'{m} x {k} x {n}':>22}  {tflops(rate):>8}  {intensity:13.0f}")
 bandwidth = speed.copy_gbps(device=device)
 print(f"memory bandwidth (a copy, measured): {bandwidth:,.0f} GB/s; the peak rate needs {peak * 1e12 / (bandwidth * 1e9):.0f} FLOPs per byte moved")
+print(f"{'m x k x n':>22}  {'FLOP/byte':>9}  {'TFLOP/s':>7}  {'alone':>8}  {'in a row':>8}  {'compute':>8}  {'memory':>8}  {'in a row / bound':>16}")
+for m, k, n in [(N, N, N), (tokens, D, D), (tokens, D, args.hidden_dim), (tokens, args.hidden_dim, D)]:
+    A, B = torch.randn(m, k, device=device, dtype=DTYPE), torch.randn(k, n, device=device, dtype=DTYPE)
+    flops, moved = 2 * m * k * n, size * (m * k + k * n + m * n)  # FLOPs; bytes read and written
+    alone = speed.median_seconds(lambda: A @ B, device=device)  # each call between two synchronisations
+    in_a_row = 1 / speed.images_per_second(lambda: A @ B, 1, steps=100 if GPU else 5, warmup=3, device=device)
+    compute, memory = flops / (peak * 1e12), moved / (bandwidth * 1e9)  # the two lower bounds on its time
+    print(f"{f'{m} x {k} x {n}':>22}  {flops / moved:9.0f}  {tflops(flops / alone / 1e12):>7}  {alone * 1e6:8.1f}  "
+          f"{in_a_row * 1e6:8.1f}  {compute * 1e6:8.1f}  {memory * 1e6:8.1f}  {in_a_row / max(compute, memory):15.1f}x")
+del A, B
 
 # %% [markdown]
 # A multiply can run at the peak only if it does enough arithmetic per byte it moves: the peak rate
-# divided by the memory bandwidth, 201 FLOPs per byte in the release's run (last line). The big square
-# multiply does thousands; the model's multiplies, with one side only D wide, do 128 to 170, so memory
-# alone would cap them at about 440 to 590 TFLOP/s (FLOPs per byte times 3,470 GB/s). They measured 74
-# to 158, far below that cap: memory traffic is not what holds them back. Take the typical one, 33,280 x
-# 256 x 256: its 4.4 GFLOP take about 6 µs at 698 TFLOP/s, its 34 MB about 10 µs at 3,470 GB/s, and it
-# measured about 59 µs (4.4 GFLOP at 74 TFLOP/s). Most of that is cost per call, not work:
-# `matmul_tflops` times each call on its own, between two synchronisations, so each time includes a
-# launch and a wait for the GPU, and a kernel this short also loses some of its time starting up and
-# finishing. Fixed costs of microseconds weigh on a multiply of tens of microseconds; the big one, about
-# 1.6 ms (1.1 TFLOP at 698 TFLOP/s), hides them. In a training step the multiplies run back to back,
-# without a synchronisation between them (in rung 5 from one graph), so they lose less than here, but
-# each still lasts only microseconds; attention's are smaller still: per head it multiplies 65 x 32 by
-# 32 x 65. A wider model gives every multiply more work per call and lifts MFU: in run 7 of
+# divided by the memory bandwidth (the first line; TODO(gpu) FLOPs per byte in the release's run). The
+# big square multiply does thousands. The model's multiplies, with one side only D wide, do far fewer:
+# about D/2 per byte in bf16 when the other side is long, 128 to 170 here in full mode. For them the
+# memory time is the larger bound: moving the numbers, not the arithmetic, sets how fast they can be.
+#
+# Timed alone, the model's multiplies take much longer than that bound. A call timed between two
+# synchronisations also holds a launch, the wait for the GPU and the synchronisation itself: fixed
+# costs of microseconds, which weigh on a multiply of about ten (the big one, over a millisecond, hides
+# them). In a row, the next multiply is already queued while the GPU runs this one, so those costs
+# overlap with the work and the time per multiply comes close to the GPU's own. In the release's run the
+# typical multiply, 33,280 x 256 x 256, took TODO(gpu) µs alone and TODO(gpu) µs in a row, TODO(gpu)x
+# its memory time (an earlier check on the same kind of GPU, run 14 of `benchmarks/NOTES.md`, found
+# 28.4 µs alone, 13.0 µs back to back and 11.2 µs inside a CUDA graph: 1.2 to 1.4x its memory time). So
+# inside a training step, where the multiplies run back to back (in rung 5 from one graph), the model's
+# multiplies run close to their memory time, not their compute time: their width, not the launches, keeps
+# them from the peak. (A ratio below 1 is possible: a multiply repeated on the same numbers can find
+# them in the GPU's on-chip cache, which the large copy that measured the bandwidth cannot.)
+# Attention's multiplies are smaller still: per head it multiplies 65 x 32 by 32 x 65.
+#
+# A wider model does more arithmetic per byte in every multiply and lifts MFU: in run 7 of
 # `benchmarks/NOTES.md` (an NVIDIA H100), the `large` recipe's ViT (D = 384, 8 blocks, 11.87M
 # parameters) reached 23.7% MFU where this model reached 13.2%. On this release's H200 (full mode) this
-# model reaches 16.5% (the ladder above); the large model was not measured here.
+# model reaches TODO(gpu)% (the ladder above); the large model was not measured here.
 #
 # ## A time budget for a slower GPU
 # The fast recipe's length (420 epochs) was chosen for a fast GPU. On a slower one, `budget_minutes`
@@ -1062,10 +1082,12 @@ else:
 #
 # The same number of FLOPs runs five times slower at D = 16 than at D = 64 and above: a narrow multiply
 # does only D multiply-adds for each number it writes, so moving numbers, not arithmetic, sets its pace.
-# This CPU reaches its (low) peak from D = 64 on; a GPU does far more arithmetic for each byte it can
-# move (201 FLOPs per byte in the section above), so there the drop reaches much wider matrices, and
-# short multiplies also pay fixed costs per call, as that section found. Together, that is why the
-# article's D = 256 stays far from the peak.
+# This CPU reaches its (low) peak from D = 64 on. A GPU does far more arithmetic for each byte it can
+# move (the FLOPs per byte that its peak needs, the first line of the section on matrix shapes), so
+# there the drop reaches much wider matrices: at the article's D = 256 that section found the model's
+# multiplies, timed in a row, close to their memory time. That is why the article's D = 256 stays far
+# from the peak. On a GPU, time them in a row too: `matmul_tflops` times each call alone, between two
+# synchronisations, so there a short multiply's rate also pays a launch and a wait per call.
 #
 # </details>
 #
