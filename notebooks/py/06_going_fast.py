@@ -886,9 +886,13 @@ del A, B
 # picks the number of epochs that fits; the learning rate schedule is then laid over that many epochs.
 # The measuring and the choosing are `Pace`'s (`vit_helpers/train/__init__.py`), and its arithmetic is
 # short:
-# - **The steady speed.** During the first epoch it reads the clock (after a synchronisation) at two
-#   steps, `pace.a` (step 2, once compiling and recording are over) and `pace.b` (10 steps later), and
-#   keeps the readings in `pace.marks`; seconds per step are their difference over the steps between.
+# - **The steady speed.** During the first epoch it reads the clock (after a synchronisation) after step
+#   `pace.a` (step 2, once compiling and recording are over), after step `pace.b` (10 steps later) and,
+#   in `Pace.stop`, at the end of the epoch, and keeps the readings in `pace.marks`, keyed by step (the
+#   end of the epoch under `pace.spe`, its number of steps). Seconds per step (`Pace.step_seconds`) are
+#   the time between the earliest and the latest reading over the steps between them: from step `a` to
+#   the end of the first epoch. The reading at `b` serves only an early warning: in a run without a
+#   budget, if the whole run would take more than an hour at the pace from `a` to `b`, it warns at once.
 # - **An epoch's time** (`Pace.estimate`): seconds per step times the steps of an epoch, plus
 #   validation, counted as a third of a step per training batch's worth of validation images (a forward
 #   pass costs about a third of a training step).
@@ -943,7 +947,7 @@ budget, compile_s = (12, 30.0) if c is fast else (0.5, 0.0)
 first, per_epoch = epoch_seconds(ips, c) + compile_s, epoch_seconds(ips, c)
 by_hand = max(1, min(c.epochs, 1 + int((60 * budget - first) / per_epoch)))
 pace = Pace((c.train_subset or len(data.train_x) - c.val_size) // c.batch_size, c.replace(budget_minutes=budget))
-pace.marks = {pace.a: 0.0, pace.b: (pace.b - pace.a) * c.batch_size / ips}  # as if its clock had measured ips
+pace.marks = {pace.a: 0.0, pace.spe: (pace.spe - pace.a) * c.batch_size / ips}  # as if its clock had measured ips
 eval_s = c.val_size / 3 / ips
 chosen = pace.fit_budget(SimpleNamespace(history=[{"seconds": first - eval_s, "eval_seconds": eval_s}]), SimpleNamespace(write=print))
 print(f"{name}, {budget:g} minutes: {by_hand} epochs by hand, {chosen} chosen by Pace (of the recipe's {c.epochs})")
@@ -1098,7 +1102,7 @@ else:
 #
 # One epoch is 45,000 // 512 full batches plus the validation pass, which `Pace.estimate` counts as
 # `val_size / 3` images. `Pace.fit_budget` reads the first epoch from `result.history[0]` and the steady
-# speed from its clock readings `marks`.
+# speed from its clock readings `marks` (step number: seconds), the earliest and the latest of them.
 #
 # </details>
 # <details><summary>Solution</summary>
@@ -1115,7 +1119,7 @@ else:
 # epoch = (spe * cfg.batch_size + cfg.val_size / 3) / ips
 # print(f"by hand: {1 + int((600 - first) / epoch)} epochs ({epoch:.2f} s each after the first)")
 # pace = Pace(spe, cfg)
-# pace.marks = {pace.a: 0.0, pace.b: (pace.b - pace.a) * cfg.batch_size / ips}
+# pace.marks = {pace.a: 0.0, pace.spe: (pace.spe - pace.a) * cfg.batch_size / ips}  # from step a to the epoch's end
 # pace.fit_budget(SimpleNamespace(history=[{"seconds": first, "eval_seconds": 0.0}]), SimpleNamespace(write=print))
 # ```
 #
