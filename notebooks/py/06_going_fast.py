@@ -993,18 +993,46 @@ else:
         print(f"distilled recipe on {d['gpus']} GPUs: {d['test_acc']:.2%} test accuracy in {d['seconds_total']:.1f} s, teacher included")
 
 # %% [markdown]
-# Where N GPUs give less than N times the speed (1.54x on two here), two costs are the likely ones: the
-# all-reduce of the 3.19M gradients in every step, and each GPU's share of the batch (256 of 512 on two
-# GPUs), whose smaller multiplies carry the same fixed costs for half the work, as the section on matrix
-# shapes showed. The third row is the fallback for a run without the whole-step graph (`--set
+# Where N GPUs give less than N times the speed (the scaling line), two costs are the candidates. Each
+# GPU trains only its share of the batch (256 of 512 on two GPUs): the same kernels per step, each with
+# half the work, so the fixed costs weigh twice as much per image. And every step adds the all-reduce of
+# the 3.19M gradients, with the rest of DDP's work. One measurement on this GPU takes them apart,
+# roughly: the graphed step (the package's rung 5) at the share each GPU runs under DDP, then twice its
+# rate, what the GPUs would train together if the all-reduce and the rest of DDP cost nothing:
+
+# %%
+if GPU and ddp_file.is_file() and cfg.batch_size == ddp["global_batch"]:
+    share = ddp["global_batch"] // ddp["n_gpus"]  # the images each GPU trains per step under DDP
+    torch.manual_seed(0)
+    step, _ = speed.make_step_fn(vh.VisionTransformer(args), data, graph_cfg.replace(batch_size=share), device)
+    per_gpu = speed.images_per_second(step, share, steps=2 * STEPS, warmup=WARMUP, device=device)
+    whole = ladder.rows[-1]["images_per_s"]  # rung 5: the graphed step at the whole batch, on this GPU
+    together = next(r["images_per_s"] for r in ddp["rows"] if r["gpus"] == ddp["n_gpus"] and r["step"] == ddp["scaling_step"])
+    print(f"this GPU, graphed step: batch {share}: {per_gpu:,.0f} images/s; batch {cfg.batch_size}: {whole:,.0f} "
+          f"(the smaller share: {per_gpu / whole:.2f}x the rate)")
+    print(f"{ddp['n_gpus']} x the batch-{share} rate: {ddp['n_gpus'] * per_gpu:,.0f} images/s; measured on {ddp['n_gpus']} GPUs "
+          f"({ddp['date']}): {together:,.0f}, {together / (ddp['n_gpus'] * per_gpu):.0%} of it")
+else:
+    print("not measured here: this needs a CUDA GPU, release/ddp.json and the recipe it measured (full mode). On a GPU "
+          "this cell times the graphed step at the share of the batch each GPU trains under DDP.")
+
+# %% [markdown]
+# The first line is what the smaller share costs on one GPU; the second is what the all-reduce and the
+# rest of DDP leave of the ideal. In the release's run the share of 256 trained at TODO(gpu)x the rate
+# of the whole batch, and the two GPUs reached TODO(gpu) of twice that rate. The split is rough: the
+# two-GPU figure comes from another day and another program (`benchmarks/ddp_speed.py`, which times
+# whole epochs of `train()`); the one-GPU row of `release/ddp.json` against this run's rung 5, both the
+# graphed step at batch 512, shows how far the two kinds of measurement agree.
+#
+# The third row of the record is the fallback for a run without the whole-step graph (`--set
 # cuda_graph=False`): the step is compiled (rung 4), but not recorded, so under DDP every kernel, the
 # all-reduce included, is launched from Python in every step ("eager" here means not graphed, not "not
 # compiled" as in the ladder). On two GPUs it trains 41,759 images/s: less than a third of the graphed
 # step's 136,086, and less than half of the graphed step on one GPU (88,629). Without the graph each GPU
-# still launches every kernel from Python, and the all-reduce comes on top. Rung 4 on one GPU above
-# trained 27,328 images/s (35,379 with your step), but it was measured two days later, by this notebook
-# rather than by `benchmarks/ddp_speed.py`, and it moves between runs (rung 4 above), so these records
-# cannot say how much a second GPU adds to the compiled step without the graph.
+# still launches every kernel from Python, and the all-reduce comes on top. Rung 4 above is the compiled
+# step without the graph on one GPU, but it was measured on another day, by this notebook rather than by
+# `benchmarks/ddp_speed.py`, and it has moved between runs (see rung 4), so these records cannot say how
+# much a second GPU adds to the compiled step without the graph.
 #
 # ## Exercises
 # 1. **Batch size against fixed cost.** Measure the eager training step of the small model at batch
