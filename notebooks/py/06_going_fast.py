@@ -4,9 +4,9 @@
 # # 06 · Going fast: your training step, one change at a time, each one measured
 #
 # Notebook 05 trained the article's model with the `fast` recipe in a few minutes; the article's own
-# recipe needs well over an hour for its 150 epochs (about 97 to 102 minutes at the 1,159 and 1,104
-# images/s that your step and the package's made with the article's setup below, in the release's run:
-# full mode on an NVIDIA H200, 2026-12-03, whose outputs are the ones stored here; evaluation left out).
+# recipe needs well over an hour for its 150 epochs (about TODO(gpu) minutes at the TODO(gpu) images/s
+# that the package's step made with the article's setup below, in the release's run: full mode on an
+# NVIDIA H200, TODO(gpu) (the run's date), whose outputs are the ones stored here; evaluation left out).
 # None of that difference comes from the algorithm: it is the step you wrote in 05, run differently.
 # This notebook starts from the article's setup and makes **one change at a time** to *how* your step
 # runs. Each change is a **rung** of a **ladder**: a table of training speeds, one row per rung, from
@@ -188,12 +188,12 @@ def make_optimizer(model, cfg):
 # %% [markdown]
 # The package's step is `vit_helpers.step.TrainStep`: the plain step that `train()` runs on a CPU, and
 # so the one that gave the same weights as your `fit` in 05 (for the fast recipe on a GPU, `train()`
-# runs a recorded version of it instead: rung 5 below). It is built from a model, a config and a device,
-# and called as `step((x, y), lr)`; it keeps the epoch's summed loss on the device in `step.totals`. One
-# step of each, from the same weights on the same batch of this mode's recipe (the first batch that
-# `make_batches` makes, the package's batches that 05 compared with yours), in float32 and eager (every
-# operation launched from Python as it comes). The check: the same loss and the same weights afterwards,
-# to 1e-5:
+# runs a recorded version of it instead: captured as a CUDA graph, rung 5). It is built from a model, a
+# config and a device, and called as `step((x, y), lr)`; it keeps the epoch's summed loss on the device
+# in `step.totals`. One step of each, from the same weights on the same batch of this mode's recipe (the
+# first batch that `make_batches` makes, the package's batches that 05 compared with yours), in float32
+# and eager (every operation launched from Python as it comes). The check: the same loss and the same
+# weights afterwards, to 1e-5:
 
 # %%
 LR, TOL = cfg.lr, {"same": 1e-5, "same in bf16": 1e-4, "bf16 vs fp32": 1e-2, "compiled vs eager": 2e-3, "graphed vs eager": 2e-3}
@@ -777,33 +777,39 @@ ladder.train_flops_per_image, ladder.matmul_tflops = train_flops, peak
 # everything else (launches, elementwise kernels, the optimizer, augmentation) shows up as a lower MFU.
 #
 # ## The ladder
-# Every rung measured above, on one model and one data set, in this run:
+# Every rung measured above, on one model and one data set, in this run: the table holds the package's
+# medians (what the ladder records), and under it each rung's factor over the rung before, the
+# package's and yours. The plot shows your medians beside the package's, on a logarithmic axis: each
+# step along it is the same factor, so a rung's gain looks the same size wherever it sits, and the first
+# rung stays visible beside the last:
 
 # %%
 print(ladder.table())
-fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(ladder.rows)))
-ladder.plot(ax, f"measured in this run: {ladder.gpu}, {ladder.date}")
+for before, row in zip(ladder.rows, ladder.rows[1:]):
+    name = row["step"]
+    print(f"{name}: {row['images_per_s'] / before['images_per_s']:.2f}x the rung before (yours: {yours[name] / yours[before['step']]:.2f}x)")
+fig, ax = plt.subplots(figsize=(10, 1.2 + 0.7 * len(ladder.rows)))
+ladder.plot(ax, f"measured in this run: {ladder.gpu}, {ladder.date}", yours=yours)
 fig.tight_layout()
 if GPU and runtime.MODE == "full":  # the release copies it into release/speed_ladder.json
     ladder.save(paths.outputs_dir() / "speed_ladder.json")
     print("written: outputs/speed_ladder.json")
 
 # %% [markdown]
-# Each bar is one change. In the release's run (full mode on the H200) the biggest jump is where work
-# per image leaves the CPU: big batches made on the device, 16.2x (15.5x against your step's 1,159
-# images/s at rung 1: that rung's figure is the noisiest). The next three rungs gave very different
-# factors: bf16 1.37x, compiling 1.11x, the whole step as one graph 3.22x over rung 4 (your own steps:
-# 1.30x, 1.52x and 2.47x). How the gain from rung 3 to rung 5 splits between compiling and the graph
-# depends on the rung-4 timing, which the package's step put low in this run (see rung 4); the two
-# together gave 3.57x, and 3.75x for your steps. bf16 halves the bytes every kernel moves and runs the
-# matrix multiplies on the tensor cores, which shortens the GPU's part of the step (28.5 to 20.8 ms per
-# step; bf16 adds cast kernels and removes no launch, so the 7.8 ms it saved were the GPU's own work,
-# which in float32 was at least that, 27% of the step); it leaves the launch overhead untouched.
-# Compiling fuses kernels: a third fewer launches and 45% less GPU busy time under the profiler (10.9 to
-# 6.0 ms, your step), which took your step from 22.0 to 14.5 ms and the package's only from 20.8 to
-# 18.7 ms. The graph removes the launches from Python altogether (5.8 ms per step, close to the 5.75 ms
-# of GPU time that CUDA events measured for a replay of yours). The MFU column says how far even the
-# last rung is from the hardware's matrix-multiply rate: 16.5% of the 698 TFLOP/s measured above.
+# Each pair of bars is one rung. The biggest jump is where work per image leaves the CPU: big batches
+# made on the device (rung 2, TODO(gpu)x over rung 1 in the release's run, full mode on the H200; rung 2
+# above splits it between the pipeline and the batch size). The next three rungs change how the step
+# runs: bf16 gave TODO(gpu)x, compiling TODO(gpu)x and the whole step as one graph TODO(gpu)x for the
+# package's step (your steps: the factors in brackets). bf16 halves the bytes every kernel moves and
+# runs the matrix multiplies on the tensor cores, which shortens the GPU's part of the step; the profile
+# of your two eager steps compares their kernel counts and busy times, and bf16 adds cast kernels and
+# takes no launch away, so what it saved was the GPU's own work. It leaves the launch overhead
+# untouched. Compiling fuses kernels: fewer launches and less GPU busy time (the last line of rung 4's
+# cell). How the gain from rung 3 to rung 5 splits between compiling and the graph depends on the
+# rung-4 timing, the one that has moved most between runs (see rung 4). The graph removes the launches
+# from Python altogether: its step takes about as long as the GPU time that CUDA events measured for a
+# replay of yours. The MFU column says how far even the last rung is from the hardware's matrix-multiply
+# rate: TODO(gpu)% of the TODO(gpu) TFLOP/s measured above.
 #
 # On a CPU only the first two rungs can run. The GPU ladder of the release (the run whose outputs are
 # stored in these notebooks, `release/speed_ladder.json`) is shown for comparison, labelled with its GPU
