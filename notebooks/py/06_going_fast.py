@@ -1004,11 +1004,15 @@ else:
 # half the work, so the fixed costs weigh twice as much per image. And every step adds the all-reduce of
 # the 3.19M gradients, with the rest of DDP's work. One measurement on this GPU takes them apart,
 # roughly: the graphed step (the package's rung 5) at the share each GPU runs under DDP, then twice its
-# rate, what the GPUs would train together if the all-reduce and the rest of DDP cost nothing:
+# rate, what the GPUs would train together if the all-reduce and the rest of DDP cost nothing. The step
+# is compiled again for its batch size; `torch.compiler.reset()` first forgets what this process has
+# compiled, because `torch.compile`, when a function it compiled is called with a new batch size,
+# compiles it again for any batch size (a variable dimension), not for 256 as a fresh run would:
 
 # %%
 if GPU and ddp_file.is_file() and cfg.batch_size == ddp["global_batch"]:
     share = ddp["global_batch"] // ddp["n_gpus"]  # the images each GPU trains per step under DDP
+    torch.compiler.reset()  # else torch.compile, seeing a new batch size, would compile the batch dimension as a variable
     torch.manual_seed(0)
     step, _ = speed.make_step_fn(vh.VisionTransformer(args), data, graph_cfg.replace(batch_size=share), device)
     per_gpu = speed.images_per_second(step, share, steps=2 * STEPS, warmup=WARMUP, device=device)
