@@ -328,11 +328,12 @@ run_plain = on_batches(lambda x, y: training_step(plain_model, plain_opt, x, y, 
 mine_plain = measure(f"batch {cfg.batch_size}, augmented on the {'GPU' if GPU else 'CPU'}, fp32, eager", eager_cfg, run_plain)
 
 # %% [markdown]
-# Which of the two changes matters? Two more measurements take them apart. First the batch size alone:
-# your plain step on the tensor pipeline at rung 1's batch of 16. From rung 1 to this, only the input
-# pipeline changed (and with it the augmentation: the recipe's instead of the article's); from this to
-# rung 2, only the batch size. The cell times it three times and prints the median, and the two factors
-# of your step's rate; they multiply to your step's gain from rung 1 to rung 2:
+# Which of the two changes matters? Two more measurements take them apart. First a step halfway
+# between the rungs: your plain step on the tensor pipeline at rung 1's batch of 16. From rung 1 to
+# this, only the input pipeline changed (and with it the augmentation: the recipe's instead of the
+# article's); from this to rung 2, only the batch size. The cell times it three times and prints the
+# median, and the two factors of your step's rate; they multiply to your step's gain from rung 1 to
+# rung 2:
 
 # %%
 small_cfg = eager_cfg.replace(batch_size=16)
@@ -365,8 +366,8 @@ print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} i
 # The answer, from these numbers (the release's run, full mode on the H200). The first cell splits your
 # step's gain from rung 1 to rung 2 into its two factors: in the release's run TODO(gpu)x for the
 # tensor pipeline at batch 16, and TODO(gpu)x for the batch of 512 on that pipeline. The pipeline's part
-# includes a `DataLoader`'s costs per batch, paid 32 times as often at batch 16 as at batch 512; the batch
-# size's part is the fixed cost of a step shared by 32 times more images.
+# is what decoding and transforming PIL images in `DataLoader` workers cost against the tensor pipeline,
+# 16 images at a time; the batch size's part is the fixed cost of a step shared by 32 times more images.
 #
 # The second cell compares what each pipeline makes with what the step trains. An input pipeline slower
 # than the training step caps training at its own rate, however fast the model runs. In the release's
