@@ -230,7 +230,7 @@ class SpeedLadder:
         if mine:
             bars = ax.barh([i - shift for i, _ in mine], [v for _, v in mine], height=height, color="tab:orange", label="your step")
             ax.bar_label(bars, labels=[f"{v:,.0f}" for _, v in mine], padding=3)
-            ax.legend(loc="lower right")
+            ax.legend(loc="upper right")  # the first rung, at the top, is the slowest
         everything = values + [v for _, v in mine]
         ax.set_xscale("log")
         ax.set_xlim(min(everything) / 2, max(everything) * 4)  # bars start at the left edge; room for their labels
