@@ -4,9 +4,9 @@
 # # 06 · Going fast: your training step, one change at a time, each one measured
 #
 # Notebook 05 trained the article's model with the `fast` recipe in a few minutes; the article's own
-# recipe needs well over an hour for its 150 epochs (about TODO(gpu) minutes at the TODO(gpu) images/s
-# that the package's step made with the article's setup below, in the release's run: full mode on an
-# NVIDIA H200, TODO(gpu) (the run's date), whose outputs are the ones stored here; evaluation left out).
+# recipe needs well over an hour for its 150 epochs (about 124 minutes at the 911 images/s that the
+# package's step made with the article's setup below, in the release's run: full mode on an NVIDIA
+# H200, 2026-12-03, whose outputs are the ones stored here; evaluation left out).
 # None of that difference comes from the algorithm: it is the step you wrote in 05, run differently.
 # This notebook starts from the article's setup and makes **one change at a time** to *how* your step
 # runs. Each change is a **rung** of a **ladder**: a table of training speeds, one row per rung, from
@@ -113,15 +113,15 @@ print(f"a @ a returned after {returned * 1e3:.2f} ms; its result was ready after
 
 # %% [markdown]
 # Two things show in this output (the stored one is the release's run, full mode on the H200). First, the
-# call itself took about 181 ms, far more than a launch. That is one-time start-up work which the first
+# call itself took about 95 ms, far more than a launch. That is one-time start-up work which the first
 # matrix multiply of a process does on the CPU, inside the call: setting up cuBLAS (NVIDIA's
 # matrix-multiply library) and loading its kernels onto the GPU. Later calls skip it. Second, the call
-# returned before the result existed: the result was ready about 2.5 ms later (183.04 ms). Those 2.5 ms
+# returned before the result existed: the result was ready about 2.5 ms later (97.93 ms). Those 2.5 ms
 # are the multiply itself (137 GFLOP in float32), still running on the GPU after Python had moved on:
 # that is the asynchrony. On a CPU the two times are the same, because the CPU computes as it goes.
 #
 # Both effects shape the timer. A few untimed **warm-up** calls come first (the first calls pay one-time
-# costs like the 181 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
+# costs like the 95 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
 # is read after a synchronisation, a fixed number of calls run, and the clock is read again after
 # another synchronisation, so that the last call's work is inside the measurement. Written out, for a
 # `step()` that trains on `batch_size` images:
@@ -364,18 +364,20 @@ print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} i
 
 # %% [markdown]
 # The answer, from these numbers (the release's run, full mode on the H200). The first cell splits your
-# step's gain from rung 1 to rung 2 into its two factors: in the release's run TODO(gpu)x for the
-# tensor pipeline at batch 16, and TODO(gpu)x for the batch of 512 on that pipeline. The pipeline's part
-# is what decoding and transforming PIL images in `DataLoader` workers cost against the tensor pipeline,
-# 16 images at a time; the batch size's part is the fixed cost of a step shared by 32 times more images.
+# step's gain from rung 1 to rung 2 into its two factors: in the release's run 1.0x for the tensor
+# pipeline at batch 16, and 19.7x for the batch of 512 on that pipeline. The pipeline's part is what
+# decoding and transforming PIL images in `DataLoader` workers cost against the tensor pipeline, 16
+# images at a time: nothing here, because at batch 16 the step itself is the slower of the two (904
+# images/s, 17.7 ms for 16 images, against the 7,096 images/s that PIL makes in the next cell). The
+# batch size's part is the fixed cost of a step shared by 32 times more images: the whole gain.
 #
 # The second cell compares what each pipeline makes with what the step trains. An input pipeline slower
 # than the training step caps training at its own rate, however fast the model runs. In the release's
-# run the PIL pipeline made TODO(gpu) images/s at batch 512 (median of three); wherever that is below
+# run the PIL pipeline made 7,096 images/s at batch 512 (median of three); wherever that is below
 # what a rung trains (the last line for rung 2, the ladder below for the others), PIL alone would hold
 # that rung back. The last rung trains several times more than PIL has made in earlier runs of this
 # notebook on the H200 (9,283 and 21,630 images/s, run 15 of `benchmarks/NOTES.md`), while the tensor
-# pipeline makes TODO(gpu) and leaves the step the limit. The PIL pipeline also takes CPU cores from
+# pipeline makes 133,042 and leaves the step the limit. The PIL pipeline also takes CPU cores from
 # the training process. On a GPU the tensor pipeline costs the CPU nothing but launching its kernels,
 # since the GPU makes the batches (rung 4 compiles the batch making, and the package's rung 5 records it
 # with the step: captured as a CUDA graph, rung 5). On a CPU both pipelines share the same cores with
@@ -483,8 +485,8 @@ print(prof.table(rows=8))
 # the GPU normally is. The second sets the busy time against your step's own time without the profiler
 # (its median from the rung above), and the verdict follows that one: below 60%, the GPU sits idle for
 # the rest of every step, waiting for the CPU side (Python, PyTorch's dispatcher, autograd) to queue the
-# next kernel. In the release's run the two shares were TODO(gpu) under the profiler and TODO(gpu)
-# without it.
+# next kernel. In the release's run the two shares were 25% under the profiler and 44% without it:
+# launch-bound either way.
 #
 # The table lists the kernels that take the most GPU time. In the release's run the top one was
 # `GammaBetaBackward` (17%), part of LayerNorm's backward pass (the gradients of its scale and shift);
@@ -501,10 +503,10 @@ print(prof.table(rows=8))
 # On a GPU the article's small model launches hundreds of kernels per step, many of them tiny
 # elementwise ones (additions, GELU, LayerNorm, copies), each queued by the CPU side, and the GPU idles
 # between them whenever the CPU side is slower than the GPU. The first two lines compare your two eager
-# steps: in the release's run your float32 step ran TODO(gpu) kernels per step with TODO(gpu) ms busy,
-# your bf16 step TODO(gpu) kernels with TODO(gpu) ms busy. Autocast adds kernels of its own, the casts
-# of weights and activations to bf16; where the bf16 count is the higher one, it took no launch away,
-# and what bf16 saves is time inside the kernels (the busy times), not launches. On a CPU the cell
+# steps: in the release's run your float32 step ran 509 kernels per step with 28.0 ms busy, your bf16
+# step 692 kernels with 10.8 ms busy. Autocast adds kernels of its own, the casts of weights and
+# activations to bf16: the bf16 step launched more kernels, not fewer, and what bf16 saved is time
+# inside the kernels (28.0 to 10.8 ms busy), not launches. On a CPU the cell
 # profiles `run_plain` only and lists operators instead: the CPU computes each operator as it dispatches
 # it, so no separate device is left waiting.
 #
@@ -530,7 +532,7 @@ if GPU:
 # A bare call costs the CPU a few microseconds, and one that autograd records costs more. A training
 # step's operations are rarely bare: many take several tensors, some launch several kernels, and each
 # one in the forward pass is recorded for the backward pass. In the release's run the two calls took
-# TODO(gpu) and TODO(gpu) µs, and your bf16 step left the GPU idle for TODO(gpu) µs per kernel. Either
+# 9.7 and 14.0 µs, and your bf16 step left the GPU idle for 19.5 µs per kernel. Either
 # way it is microseconds of CPU work for every kernel, against kernels that mostly last microseconds too
 # (the table above): where the verdict above says launch-bound, the CPU side, not the GPU, sets the
 # pace of the step. On a CPU the same lines measure the cost of a call there, but no other device waits
@@ -545,7 +547,7 @@ if GPU:
 # output once, instead of several kernels each writing an intermediate result to GPU memory and reading
 # it back. It also derives the backward pass of what it compiled, fused the same way. Fewer kernels,
 # fewer launches, less memory traffic. The price is the compile itself, paid at the first call:
-# TODO(gpu) s for your loss in the release's run (below; how long depends on what the compiler's caches
+# 20.8 s for your loss in the release's run (below; how long depends on what the compiler's caches
 # on disk already hold), and up to tens of seconds for a whole step from empty caches: in run 11 of
 # `benchmarks/NOTES.md` (NVIDIA H200s), the first epochs of notebook 09's distilled step, whose loss
 # also runs a CNN teacher (compiled with it), took 28.6 to 36.5 s, most of it compiling.
@@ -579,18 +581,22 @@ else:
           "checks the compiled step's loss against your eager bf16 step (to 2e-3), times both, and profiles yours.")
 
 # %% [markdown]
-# In the release's run (full mode on the H200), compiling cut your step's kernels from TODO(gpu) to
-# TODO(gpu) and their busy time under the profiler from TODO(gpu) to TODO(gpu) ms (fused kernels read and
-# write memory once); your step's median went from TODO(gpu) to TODO(gpu) ms per step.
+# In the release's run (full mode on the H200), compiling cut your step's kernels from 692 to 462 and
+# their busy time under the profiler from 10.8 to 6.4 ms (fused kernels read and write memory once);
+# your step's median went from 24.3 to 20.4 ms per step. It saved less than the GPU time it removed,
+# for the same reason as before: the GPU was busy for 31% of the compiled step, so the step still
+# waited on the CPU side, and a third fewer launches shortened that side by less than a third.
 #
 # **Your compiled step against the package's.** In earlier runs each was timed once, right after the
 # other, and the two disagreed more here than at any other rung: your compiled step came out 1.29x the
 # package's in run 15 of `benchmarks/NOTES.md` (35,379 against 27,328 images/s), and the package's own
 # compile rung has read 1.08x, 1.66x and 1.11x over bf16 in three runs on the same kind of GPU. Hence
 # the alternating timings. The ratio of the medians is the one the cell prints; in the release's run it
-# was TODO(gpu). If it sits within the spread of the three timings of each step, the two compiled steps
+# was 1.13x. If it sits within the spread of the three timings of each step, the two compiled steps
 # run at the same speed and a single timing is too noisy to compare them; if every timing of one step is
 # above every timing of the other, the gap is real, and it lies in what the two steps do differently.
+# In the release's run the spreads overlap (your slowest timing, 22,178, lies below the package's
+# fastest, 22,687), so this run cannot tell the two compiled steps apart.
 #
 # Both compile the same forward pass, on batches from the same compiled augmentation. What differs is
 # the code around it, `TrainStep.loss` and `TrainStep.update` in `vit_helpers/step.py` against your
@@ -721,10 +727,10 @@ else:
           "times your graphed step, and compares a replay's GPU time (CUDA events) with its wall time")
 
 # %% [markdown]
-# A replay back to back takes as long as the GPU needs for it (5.71 against 5.75 ms): the launches no
+# A replay back to back takes as long as the GPU needs for it (5.70 against 5.74 ms): the launches no
 # longer hold the GPU back, and the step is now limited by the GPU's own work. What remains outside the
 # graph in your step is making the batch and copying it in: the difference between your whole step and a
-# replay (5.86 against 5.71 ms).
+# replay (5.84 against 5.70 ms).
 #
 # The package's version is `GraphedStep` (`vit_helpers/graphed.py`), built the same way (static buffers,
 # a capturable AdamW with its learning rate in a tensor, a warm-up on a side stream,
@@ -746,7 +752,7 @@ else:
 # %% [markdown]
 # Your graph leaves the batch making outside and the package's records it inside, so yours may be
 # slower, by up to the time that making and copying a batch takes (your whole step against a replay,
-# above). The ratio of the medians is the one the cell prints, TODO(gpu) in the release's run. Where it
+# above). The ratio of the medians is the one the cell prints, 0.99x in the release's run. Where it
 # lies within the spread of the three timings of each step, this run cannot say whether recording the
 # batch making saves any of that time. The package's graph is the one `train()` uses.
 #
@@ -798,19 +804,20 @@ if GPU and runtime.MODE == "full":  # the release copies it into release/speed_l
 
 # %% [markdown]
 # Each pair of bars is one rung. The biggest jump is where work per image leaves the CPU: big batches
-# made on the device (rung 2, TODO(gpu)x over rung 1 in the release's run, full mode on the H200; rung 2
+# made on the device (rung 2, 19.6x over rung 1 in the release's run, full mode on the H200; rung 2
 # above splits it between the pipeline and the batch size). The next three rungs change how the step
-# runs: bf16 gave TODO(gpu)x, compiling TODO(gpu)x and the whole step as one graph TODO(gpu)x for the
+# runs: bf16 gave 1.23x, compiling 1.01x and the whole step as one graph 3.98x for the
 # package's step (your steps: the factors in brackets). bf16 halves the bytes every kernel moves and
 # runs the matrix multiplies on the tensor cores, which shortens the GPU's part of the step; the profile
 # of your two eager steps compares their kernel counts and busy times, and bf16 adds cast kernels and
 # takes no launch away, so what it saved was the GPU's own work. It leaves the launch overhead
 # untouched. Compiling fuses kernels: fewer launches and less GPU busy time (the last line of rung 4's
-# cell). How the gain from rung 3 to rung 5 splits between compiling and the graph depends on the
+# cell), but a step that still waits on the CPU side gains only what its launches shrink: in this run
+# 1.01x for the package's step and 1.19x for yours, both still launch-bound. How the gain from rung 3 to rung 5 splits between compiling and the graph depends on the
 # rung-4 timing, the one that has moved most between runs (see rung 4). The graph removes the launches
 # from Python altogether: its step takes about as long as the GPU time that CUDA events measured for a
 # replay of yours. The MFU column says how far even the last rung is from the hardware's matrix-multiply
-# rate: TODO(gpu)% of the TODO(gpu) TFLOP/s measured above.
+# rate: 16.9% of the 684 TFLOP/s measured above.
 #
 # On a CPU only the first two rungs can run. The GPU ladder of the release (the run whose outputs are
 # stored in these notebooks, `release/speed_ladder.json`) is shown for comparison, labelled with its GPU
@@ -863,7 +870,7 @@ del A, B
 
 # %% [markdown]
 # A multiply can run at the peak only if it does enough arithmetic per byte it moves: the peak rate
-# divided by the memory bandwidth (the first line; TODO(gpu) FLOPs per byte in the release's run). The
+# divided by the memory bandwidth (the first line; 200 FLOPs per byte in the release's run). The
 # big square multiply does thousands. The model's multiplies, with one side only D wide, do far fewer:
 # about D/2 per byte in bf16 when the other side is long, 128 to 170 here in full mode. For them the
 # memory time is the larger bound: moving the numbers, not the arithmetic, sets how fast they can be.
@@ -872,20 +879,25 @@ del A, B
 # synchronisations also holds a launch, the wait for the GPU and the synchronisation itself: fixed
 # costs of microseconds, which weigh on a multiply of about ten (the big one, over a millisecond, hides
 # them). In a row, the next multiply is already queued while the GPU runs this one, so those costs
-# overlap with the work and the time per multiply comes close to the GPU's own. In the release's run the
-# typical multiply, 33,280 x 256 x 256, took TODO(gpu) µs alone and TODO(gpu) µs in a row, TODO(gpu)x
-# its memory time (an earlier check on the same kind of GPU, run 14 of `benchmarks/NOTES.md`, found
-# 28.4 µs alone, 13.0 µs back to back and 11.2 µs inside a CUDA graph: 1.2 to 1.4x its memory time). So
-# inside a training step, where the multiplies run back to back (in rung 5 from one graph), the model's
-# multiplies run close to their memory time, not their compute time: their width, not the launches, keeps
-# them from the peak. (A ratio below 1 is possible: a multiply repeated on the same numbers can find
+# overlap with the work, and the time per multiply comes close to the GPU's own, as long as the CPU
+# queues multiplies faster than the GPU runs them. In the release's run the typical multiply, 33,280 x
+# 256 x 256, took 54.5 µs alone and 28.8 µs in a row, 2.9x its memory time; and in a row the model's
+# three shapes took nearly the same time (28.8, 30.6 and 28.2 µs), although the larger two move 1.5x
+# the bytes. A time that does not grow with the work is not the GPU's: in this run, issuing one multiply
+# from Python took the CPU longer than the GPU took to run it (the bare `add_(1)` above already cost
+# 9.7 µs; a multiply also allocates its result and picks its kernel), so even in a row the GPU waited
+# between multiplies: the launch-bound picture of the eager step again. The GPU's own time needs the
+# launches out of the way, as in rung 5: an earlier check on the same kind of GPU (run 14 of
+# `benchmarks/NOTES.md`) found 28.4 µs alone, 13.0 µs back to back and 11.2 µs inside a CUDA graph,
+# 1.2 to 1.4x its memory time. So inside the graphed training step (rung 5), the model's multiplies run
+# close to their memory time, not their compute time: their width keeps them from the peak. (A ratio below 1 is possible: a multiply repeated on the same numbers can find
 # them in the GPU's on-chip cache, which the large copy that measured the bandwidth cannot.)
 # Attention's multiplies are smaller still: per head it multiplies 65 x 32 by 32 x 65.
 #
 # A wider model does more arithmetic per byte in every multiply and lifts MFU: in run 7 of
 # `benchmarks/NOTES.md` (an NVIDIA H100), the `large` recipe's ViT (D = 384, 8 blocks, 11.87M
 # parameters) reached 23.7% MFU where this model reached 13.2%. On this release's H200 (full mode) this
-# model reaches TODO(gpu)% (the ladder above); the large model was not measured here.
+# model reaches 16.9% (the ladder above); the large model was not measured here.
 #
 # ## A time budget for a slower GPU
 # The fast recipe's length (420 epochs) was chosen for a fast GPU. On a slower one, `budget_minutes`
@@ -1029,8 +1041,9 @@ else:
 
 # %% [markdown]
 # The first line is what the smaller share costs on one GPU; the second is what the all-reduce and the
-# rest of DDP leave of the ideal. In the release's run the share of 256 trained at TODO(gpu)x the rate
-# of the whole batch, and the two GPUs reached TODO(gpu) of twice that rate. The split is rough: the
+# rest of DDP leave of the ideal. In the release's run the share of 256 trained at 0.85x the rate
+# of the whole batch, and the two GPUs reached 91% of twice that rate: of the 1.54x, the smaller share
+# accounts for the larger loss (2 x 0.85 = 1.70x), the all-reduce and the rest of DDP for the smaller. The split is rough: the
 # two-GPU figure comes from another day and another program (`benchmarks/ddp_speed.py`, which times
 # whole epochs of `train()`); the one-GPU row of `release/ddp.json` against this run's rung 5, both the
 # graphed step at batch 512, shows how far the two kinds of measurement agree.
@@ -1128,7 +1141,8 @@ else:
 # This CPU reaches its (low) peak from D = 64 on. A GPU does far more arithmetic for each byte it can
 # move (the FLOPs per byte that its peak needs, the first line of the section on matrix shapes), so
 # there the drop reaches much wider matrices: at the article's D = 256 that section found the model's
-# multiplies, timed in a row, close to their memory time. That is why the article's D = 256 stays far
+# multiplies bound by their memory time inside a CUDA graph (and, timed in a row from Python, by the
+# CPU's cost of issuing them). That is why the article's D = 256 stays far
 # from the peak. On a GPU, time them in a row too: `matmul_tflops` times each call alone, between two
 # synchronisations, so there a short multiply's rate also pays a launch and a wait per call.
 #
