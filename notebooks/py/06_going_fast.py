@@ -146,8 +146,10 @@ for name, rates in [("yours", mine), ("vit_helpers.speed.images_per_second", pac
     print(f"{name}: {statistics.median(rates):,.1f} multiplies/s (three runs: {', '.join(f'{r:,.1f}' for r in rates)})")
 
 # %% [markdown]
-# The two timers are the same loop, and they agree to within the spread of their own three runs: a
-# timing is a measurement with noise, which is why this notebook repeats the ones it compares closely.
+# The two timers are the same loop, and they agree to 0.3% (373.9 against 375.0 multiplies/s in the
+# release's run). Each timer's own three runs agree more closely still, so the same loop, timed in two
+# sets of runs a moment apart, moved by a fraction of a percent from one set to the next: a timing is a
+# measurement with noise, which is why this notebook repeats the ones it compares closely.
 # From here on `speed.images_per_second` times every rung. Its sibling `speed.median_seconds` times each
 # call on its own, between two synchronisations, and returns the median over the calls; the
 # matrix-multiply rates below use it, since one slow call (another process taking the GPU or the CPU for
@@ -293,8 +295,10 @@ def measure(name, rung_cfg, my_step, steps=STEPS, warmup=WARMUP):
 # images at batch 16 are 2,812 steps per epoch, each paying the full cost of launching the model's few
 # hundred kernels. The first two settings, PIL in `DataLoader` workers and batch 16, belong to the data
 # (05 wrote the tensor pipeline and described this one; `make_batches` builds either from the config);
-# the last two, fp32 and eager, are how your plain step above already runs. Your plain step on the
-# article's batches, and the package's:
+# the last two, fp32 and eager, are how your plain step above already runs. What the step computes
+# stays the recipe's, here and on every rung (AdamW, fused on a GPU, gradient clipping, label smoothing,
+# no dropout, where the article had Adam and dropout 0.2): this notebook changes how the step runs, not
+# what it computes. Your plain step on the article's batches, and the package's:
 
 # %%
 article_cfg = cfg.replace(batch_size=16, pipeline="classic", augment="article", mix_prob=0.0, precision="fp32",
@@ -309,7 +313,8 @@ mine_article = measure("article: PIL DataLoader, batch 16, fp32, eager", article
 # same work, so they should run at about the same speed: the ratio the cell prints compares the two
 # medians, and the three timings beside each show how far a single timing moves. A ratio away from 1 by
 # less than that spread says nothing about the steps. Rung 1's timings are the shortest (50 steps of 16
-# images, under a second on a GPU) and depend on `DataLoader` workers on the CPU, so they scatter most.
+# images, under a second on a GPU), so they scatter most (the batch-16 step on the tensor pipeline, timed
+# below without any `DataLoader` worker, scatters as much).
 # The ladder keeps the package's median. On a CPU shared with other work the timings scatter far more
 # (compare the timer's three runs above), so there a ratio well away from 1 is noise, not a difference
 # between the steps.
@@ -367,9 +372,11 @@ print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} i
 # step's gain from rung 1 to rung 2 into its two factors: in the release's run 1.0x for the tensor
 # pipeline at batch 16, and 19.7x for the batch of 512 on that pipeline. The pipeline's part is what
 # decoding and transforming PIL images in `DataLoader` workers cost against the tensor pipeline, 16
-# images at a time: nothing here, because at batch 16 the step itself is the slower of the two (904
-# images/s, 17.7 ms for 16 images, against the 7,096 images/s that PIL makes in the next cell). The
-# batch size's part is the fixed cost of a step shared by 32 times more images: the whole gain.
+# images at a time: nothing measurable here. At batch 16 the plain step itself trains only about 900
+# images/s (17.7 ms for 16 images), far below what the PIL pipeline makes (7,096 images/s in the next
+# cell, at batch 512; PIL's work is done image by image in the workers, so its rate should hardly depend
+# on the batch size), and the batch-16 timings scatter widely (864 to 1,322). The batch size's part is
+# the fixed cost of a step shared by 32 times more images: nearly the whole gain.
 #
 # The second cell compares what each pipeline makes with what the step trains. An input pipeline slower
 # than the training step caps training at its own rate, however fast the model runs. In the release's
@@ -379,7 +386,7 @@ print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} i
 # notebook on the H200 (9,283 and 21,630 images/s, run 15 of `benchmarks/NOTES.md`), while the tensor
 # pipeline makes 133,042 and leaves the step the limit. The PIL pipeline also takes CPU cores from
 # the training process. On a GPU the tensor pipeline costs the CPU nothing but launching its kernels,
-# since the GPU makes the batches (rung 4 compiles the batch making, and the package's rung 5 records it
+# since the GPU makes the batches (rung 4 below compiles the batch making, and the package's rung 5 records it
 # with the step: captured as a CUDA graph, rung 5). On a CPU both pipelines share the same cores with
 # the model. From here on, every rung uses the tensor pipeline.
 #
@@ -498,7 +505,7 @@ print(prof.table(rows=8))
 # different **streams** are each counted in full (a CUDA stream is one queue of GPU work, like the queue
 # described at the start; PyTorch puts its work on one default stream unless told otherwise), and
 # tracing stretches each kernel a little. Where the exact figure matters (rung 5), we measure the GPU's
-# own time directly with CUDA events.
+# own time directly with CUDA events (markers that the GPU stamps with its own clock, rung 5).
 #
 # On a GPU the article's small model launches hundreds of kernels per step, many of them tiny
 # elementwise ones (additions, GELU, LayerNorm, copies), each queued by the CPU side, and the GPU idles
@@ -506,12 +513,17 @@ print(prof.table(rows=8))
 # steps: in the release's run your float32 step ran 509 kernels per step with 28.0 ms busy, your bf16
 # step 692 kernels with 10.8 ms busy. Autocast adds kernels of its own, the casts of weights and
 # activations to bf16: the bf16 step launched more kernels, not fewer, and what bf16 saved is time
-# inside the kernels (28.0 to 10.8 ms busy), not launches. On a CPU the cell
-# profiles `run_plain` only and lists operators instead: the CPU computes each operator as it dispatches
-# it, so no separate device is left waiting.
+# inside the kernels (28.0 to 10.8 ms busy), not launches. That also explains why bf16 gave only 1.23x
+# although it cut the busy time 2.6 times: the float32 step was busy for 28.0 ms of its 28.7 ms (rung 2's
+# step time), so the GPU's own work set its pace; in bf16 that work shrank below what the CPU side needs
+# to queue a step, and the step became launch-bound (busy 44% of it). On a CPU the cell profiles
+# `run_plain` only and lists operators instead: the CPU computes each operator as it dispatches it, so
+# no separate device is left waiting.
 #
-# How long is the CPU side of one kernel? The profile gives an average: the time the GPU is idle in a
-# step (the step's time without the profiler, less the busy time), spread over the step's kernels. A
+# How long is the CPU side of one kernel? The profile gives two bounds. The time the GPU is idle in a
+# step (the step's time without the profiler, less the busy time), spread over the step's kernels, is a
+# lower bound: the CPU also works while the GPU runs, not only while it waits. The step's whole time
+# spread over its kernels is an upper bound (24.3 ms over 692 kernels, 35 µs, in the release's run). A
 # direct measurement: one tiny operation, `add_(1)` on a tensor of one number, 1,000 times back to back,
 # timed by `speed.images_per_second` (one "image" per call, so it returns calls per second). Its GPU work
 # is next to nothing, so the time per call is the CPU's: Python, the dispatcher and the launch. Then the
@@ -533,8 +545,8 @@ if GPU:
 # step's operations are rarely bare: many take several tensors, some launch several kernels, and each
 # one in the forward pass is recorded for the backward pass. In the release's run the two calls took
 # 9.7 and 14.0 µs, and your bf16 step left the GPU idle for 19.5 µs per kernel. Either
-# way it is microseconds of CPU work for every kernel, against kernels that mostly last microseconds too
-# (the table above): where the verdict above says launch-bound, the CPU side, not the GPU, sets the
+# way it is microseconds of CPU work, up to tens, for every kernel, against kernels that mostly last
+# microseconds too (the table above): where the verdict above says launch-bound, the CPU side, not the GPU, sets the
 # pace of the step. On a CPU the same lines measure the cost of a call there, but no other device waits
 # for it: the CPU pays it between its own computations. The next two rungs attack the kernel count and
 # the launches.
@@ -549,15 +561,19 @@ if GPU:
 # fewer launches, less memory traffic. The price is the compile itself, paid at the first call:
 # 20.8 s for your loss in the release's run (below; how long depends on what the compiler's caches
 # on disk already hold), and up to tens of seconds for a whole step from empty caches: in run 11 of
-# `benchmarks/NOTES.md` (NVIDIA H200s), the first epochs of notebook 09's distilled step, whose loss
-# also runs a CNN teacher (compiled with it), took 28.6 to 36.5 s, most of it compiling.
+# `benchmarks/NOTES.md` (NVIDIA H200s), the first epochs of notebook 09's distilled step (09 trains this
+# ViT to imitate a convolutional network, its teacher, whose forward pass runs in the same loss and is
+# compiled with it), took 28.6 to 36.5 s, most of it compiling.
 #
 # Your rung is one call: compile your bf16 loss (the model's forward pass and the loss). The step around
 # it stays plain Python; the optimizer is already one fused kernel. The first step compiles (timed below);
 # then the check against your eager bf16 step from the same weights, to 2e-3 (the fused kernels round in
 # another order), and the speed, yours and the package's, alternately. The package's compiled rung also
 # compiles the batch making (`make_batches` does, for a config with `compile=True`), so both steps here
-# get their batches from the same compiled augmentation. Last, a profile of your compiled step:
+# get their batches from the same compiled augmentation. Last, a profile of your compiled step. (The
+# cell silences one warning: inductor suggests **TF32**, TensorFloat-32, a mode that multiplies float32
+# matrices faster at about bf16's precision; under autocast the multiplies already run in bf16, so it
+# would change nothing here.)
 
 # %%
 compiled_cfg = bf16_cfg.replace(compile=True)
@@ -612,8 +628,9 @@ else:
 #   `scaler.unscale_`, `scaler.step`, `scaler.update`), which bf16 leaves disabled: calls that do no
 #   arithmetic, but are still made in every step;
 # - it compiles a method, `self.loss`, which reaches the model through `self`, where yours compiles a
-#   function that takes the model as an argument; and it sets the learning rate with `set_lr`, and clips
-#   with `foreach=True` on a list of the parameters made once.
+#   function that takes the model as an argument; and it sets the learning rate with `set_lr` (which
+#   writes it into every parameter group, as your loop does), and clips with `foreach=True` (the norms
+#   of many tensors per kernel instead of one kernel per tensor) on a list of the parameters made once.
 #
 # This notebook does not test which of these, if any, changes the speed: each would need its own timing,
 # one change at a time. The ladder keeps the package's median. The last line says how much of your
@@ -752,9 +769,11 @@ else:
 # %% [markdown]
 # Your graph leaves the batch making outside and the package's records it inside, so yours may be
 # slower, by up to the time that making and copying a batch takes (your whole step against a replay,
-# above). The ratio of the medians is the one the cell prints, 0.99x in the release's run. Where it
-# lies within the spread of the three timings of each step, this run cannot say whether recording the
-# batch making saves any of that time. The package's graph is the one `train()` uses.
+# above). The ratio of the medians is the one the cell prints, 0.99x in the release's run, and there
+# every timing of the package's step (87,943 to 88,311 images/s) lies above every one of yours (86,447
+# to 87,625): a small gap, about 1%, but a real one, and within what making and copying the batch
+# outside the graph costs your step (5.84 against 5.70 ms per replay, 2%). The package's graph is the
+# one `train()` uses.
 #
 # ## How much of the hardware is used: FLOPs, the matrix-multiply rate, MFU
 # A **FLOP** is one floating-point operation; a multiply-add counts as two. Notebook 04 counted the
@@ -782,6 +801,8 @@ ladder.train_flops_per_image, ladder.matmul_tflops = train_flops, peak
 # **MFU** (model FLOPs utilisation) is the share of that rate the training uses:
 # images/s x FLOPs per training image / measured peak. It counts only the model's arithmetic, so
 # everything else (launches, elementwise kernels, the optimizer, augmentation) shows up as a lower MFU.
+# The ladder divides every rung by this one bf16 rate, the two float32 rungs included: against the
+# GPU's float32 rate, which is far lower, those two would read higher.
 #
 # ## The ladder
 # Every rung measured above, on one model and one data set, in this run: the table holds the package's
@@ -807,14 +828,16 @@ if GPU and runtime.MODE == "full":  # the release copies it into release/speed_l
 # made on the device (rung 2, 19.6x over rung 1 in the release's run, full mode on the H200; rung 2
 # above splits it between the pipeline and the batch size). The next three rungs change how the step
 # runs: bf16 gave 1.23x, compiling 1.01x and the whole step as one graph 3.98x for the
-# package's step (your steps: the factors in brackets). bf16 halves the bytes every kernel moves and
+# package's step (your steps: the factors in parentheses). bf16 halves the bytes every kernel moves and
 # runs the matrix multiplies on the tensor cores, which shortens the GPU's part of the step; the profile
 # of your two eager steps compares their kernel counts and busy times, and bf16 adds cast kernels and
 # takes no launch away, so what it saved was the GPU's own work. It leaves the launch overhead
 # untouched. Compiling fuses kernels: fewer launches and less GPU busy time (the last line of rung 4's
 # cell), but a step that still waits on the CPU side gains only what its launches shrink: in this run
-# 1.01x for the package's step and 1.19x for yours, both still launch-bound. How the gain from rung 3 to rung 5 splits between compiling and the graph depends on the
-# rung-4 timing, the one that has moved most between runs (see rung 4). The graph removes the launches
+# 1.01x for the package's step and 1.19x for yours (yours, profiled in rung 4, still launch-bound).
+# The package's 1.01x lies within the spread of its rung-3 timings (21,424 to 24,942), so in this run
+# compiling gained the package's step nothing measurable. How the gain from rung 3 to rung 5 splits
+# between compiling and the graph depends on the rung-4 timing, the one that has moved most between runs (see rung 4). The graph removes the launches
 # from Python altogether: its step takes about as long as the GPU time that CUDA events measured for a
 # replay of yours. The MFU column says how far even the last rung is from the hardware's matrix-multiply
 # rate: 16.9% of the 684 TFLOP/s measured above.
@@ -889,9 +912,11 @@ del A, B
 # between multiplies: the launch-bound picture of the eager step again. The GPU's own time needs the
 # launches out of the way, as in rung 5: an earlier check on the same kind of GPU (run 14 of
 # `benchmarks/NOTES.md`) found 28.4 µs alone, 13.0 µs back to back and 11.2 µs inside a CUDA graph,
-# 1.2 to 1.4x its memory time. So inside the graphed training step (rung 5), the model's multiplies run
-# close to their memory time, not their compute time: their width keeps them from the peak. (A ratio below 1 is possible: a multiply repeated on the same numbers can find
-# them in the GPU's on-chip cache, which the large copy that measured the bandwidth cannot.)
+# 1.2 to 1.4x its memory time. This run did not time a multiply inside a graph, and why the same kind of
+# GPU ran them back to back in 13.0 µs that day and 28.8 µs here it does not measure (the constant
+# times here say only that, in this run, the CPU set the pace). By that earlier measurement, inside the
+# graphed training step (rung 5) the model's multiplies run close to their memory time, not their
+# compute time: their width keeps them from the peak.
 # Attention's multiplies are smaller still: per head it multiplies 65 x 32 by 32 x 65.
 #
 # A wider model does more arithmetic per byte in every multiply and lifts MFU: in run 7 of
@@ -958,7 +983,10 @@ for name, ips, c in rows:
 # H200s); with `compile_scope="blocks"`, which compiles one transformer block and reuses it for all six
 # instead of compiling the whole loss, the distilled recipe's first epoch took 17.0 s
 # (`release/benchmark.json`). The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its
-# clock readings say the same:
+# clock readings say the same. `fit_budget` reads the first epoch from a training result's `history`,
+# its training seconds and, apart, its evaluation seconds (so the cell splits `first` into the two), and
+# reports its choice through a progress display's `write`; two `SimpleNamespace` objects (plain objects
+# with the attributes given) stand in for the result and the display, the second writing with `print`:
 
 # %%
 name, ips, c = rows[-1]
@@ -1101,7 +1129,8 @@ else:
 # every weight), shared by more images in a bigger batch. Beyond that it levels off: on a CPU the
 # arithmetic soon dwarfs the fixed cost, and a few hundred images per step already keep its cores busy.
 # On a GPU the fixed cost is the kernel launches and the arithmetic is fast, so the rate keeps growing
-# with the batch for far longer: that is the step from rung 1 to rung 2.
+# with the batch for far longer, until the GPU's own work fills the step (as it nearly does for rung 2's
+# float32 step, busy 28.0 ms of 28.7): that is the step from rung 1 to rung 2.
 #
 # </details>
 #
@@ -1141,8 +1170,8 @@ else:
 # This CPU reaches its (low) peak from D = 64 on. A GPU does far more arithmetic for each byte it can
 # move (the FLOPs per byte that its peak needs, the first line of the section on matrix shapes), so
 # there the drop reaches much wider matrices: at the article's D = 256 that section found the model's
-# multiplies bound by their memory time inside a CUDA graph (and, timed in a row from Python, by the
-# CPU's cost of issuing them). That is why the article's D = 256 stays far
+# multiplies bound by their memory time inside a CUDA graph (in run 14 of `benchmarks/NOTES.md`; timed
+# in a row from Python in the release's run, by the CPU's cost of issuing them). That is why the article's D = 256 stays far
 # from the peak. On a GPU, time them in a row too: `matmul_tflops` times each call alone, between two
 # synchronisations, so there a short multiply's rate also pays a launch and a wait per call.
 #
