@@ -111,7 +111,7 @@ SPT_LSA = {"spt": True, "lsa": True}  # the small-data issue's two model options
 LEVERS = {
     "base": ({}, {}, "the distilled recipe at the 150-s budget (baseline)"),
     "spt_lsa": ({}, SPT_LSA, "+ shifted patch tokens and locality self-attention (issue 27: +2.3 points at 40 epochs)"),
-    "droppath": ({"drop_path": 0.1}, {}, "+ stochastic depth 0.1 (rejected in short runs; now ~190 epochs)"),
+    "droppath": ({}, {"drop_path": 0.1}, "+ stochastic depth 0.1 (rejected in short runs; now ~190 epochs)"),  # a model field
     "erase": ({"erase_prob": 0.25}, {}, "+ Random Erasing on 25% of the images"),
 }
 for _lever, (_set, _model, _why) in LEVERS.items():

@@ -155,6 +155,20 @@ def test_the_ablation_plan_fits_its_deadline_and_keeps_the_cold_runs_first():
                                                  "NVSHMEM_DISABLE_NVLS": "1"}.items())
 
 
+def test_every_planned_run_sets_only_fields_that_exist():
+    """A run's "set" changes the training config and its "model" the ViT's: a field of the other (stochastic depth
+    given to the training config) failed only on the GPU, after its turn in the queue."""
+    from dataclasses import fields
+
+    from vit_helpers.config import ModelArgs, TrainConfig
+
+    pa = perf_ablation_module()
+    train_fields, model_fields = {f.name for f in fields(TrainConfig)}, {f.name for f in fields(ModelArgs)}
+    for name, spec in pa.RUNS.items():
+        assert set(spec.get("set", {})) <= train_fields, (name, set(spec.get("set", {})) - train_fields)
+        assert set(spec.get("model") or {}) <= model_fields, (name, set(spec.get("model") or {}) - model_fields)
+
+
 def test_the_seeds_plan_takes_the_compile_scope_that_fits_more_epochs():
     """choose_scope: the probes' measured first epoch and steady epochs decide; a failed probe keeps today's scope."""
     pa = perf_ablation_module()

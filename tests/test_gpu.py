@@ -36,6 +36,32 @@ def test_drop_path_draws_new_masks_inside_cuda_graphs():
 
 
 @cuda
+def test_patch_dropout_draws_new_tokens_inside_cuda_graphs(tiny_args):
+    from vit_helpers import VisionTransformer
+
+    model = VisionTransformer(tiny_args.replace(patch_dropout=0.5)).cuda().train()
+    f = torch.compile(model.embed, mode="reduce-overhead")
+    x = torch.randn(16, 3, tiny_args.image_size, tiny_args.image_size, device="cuda")
+    outs = [f(x).clone() for _ in range(6)]
+    assert outs[-1].shape == (16, 1 + tiny_args.replace(patch_dropout=0.5).kept_patches, tiny_args.dim)
+    assert len({o.sum().item() for o in outs[2:]}) > 1  # after warm-up and capture: a new choice at every replay
+
+
+@cuda
+def test_graphed_training_with_patch_dropout_learns(tiny_args):
+    from conftest import synthetic_data
+    from vit_helpers import VisionTransformer
+    from vit_helpers.train import TrainConfig, train
+
+    cfg = TrainConfig(epochs=6, batch_size=32, optimizer="adamw", lr=2e-3, schedule="cosine", warmup_epochs=1,
+                      pipeline="gpu", augment="crop_flip", precision="auto", compile=True, compile_scope="blocks",
+                      cuda_graph=True, val_size=64, eval_batch_size=64)
+    torch.manual_seed(0)
+    h = train(VisionTransformer(tiny_args.replace(patch_dropout=0.25)), synthetic_data(), cfg, progress=False).history
+    assert h[-1]["train_loss"] < h[0]["train_loss"] and h[-1]["val_acc"] > 0.3
+
+
+@cuda
 def test_compiled_training_learns(tiny_args):
     from conftest import synthetic_data
     from vit_helpers import VisionTransformer

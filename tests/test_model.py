@@ -180,6 +180,8 @@ def test_bad_patching_input():
     ({"image_size": 30}, "not divisible by patch_size"),
     ({"dropout": 1.5}, "dropout"),
     ({"n_layers": 0}, "positive integer"),
+    ({"patch_dropout": 1.0}, "patch_dropout must be in"),
+    ({"patch_dropout": 0.995}, "leaves no patch token"),
 ])
 def test_bad_model_args(changes, match):
     with pytest.raises(ValueError, match=match):
@@ -210,3 +212,27 @@ def test_drop_path_rates_and_behaviour(tiny_args):
     assert ((per_image == 0).all(1) | (per_image == 2).all(1)).all()  # whole images dropped, kept ones scaled by 2
     assert 0.4 < (per_image[:, 0] == 0).float().mean() < 0.6
     assert torch.equal(DropPath(0.5).eval()(torch.ones(3, 2)), torch.ones(3, 2))
+
+
+def test_patch_dropout_keeps_a_random_share_of_patches_while_training_only(tiny_args):
+    """Training: [CLS] first, then kept_patches of the image's own patch tokens (positions added), a different choice per
+    image; evaluation, and patch_dropout=0, see every token, so the same weights give the plain model's outputs."""
+    from vit_helpers.speed import train_flops_per_image
+
+    args = tiny_args.replace(patch_dropout=0.5)
+    assert args.kept_patches == args.n_patches // 2
+    model, plain = VisionTransformer(args), VisionTransformer(tiny_args)
+    plain.load_state_dict(model.state_dict())  # the rate changes no weight
+    x = torch.randn(3, 3, tiny_args.image_size, tiny_args.image_size)
+    full = plain.embed(x)
+    kept = model.train().embed(x)
+    assert kept.shape == (3, 1 + args.kept_patches, args.dim)
+    torch.testing.assert_close(kept[:, 0], full[:, 0])  # [CLS] stays first
+    for b in range(3):  # every kept token is one of this image's patch tokens, none twice
+        match = (kept[b, 1:, None, :] == full[b, None, 1:, :]).all(-1)  # (K, N)
+        assert (match.sum(1) == 1).all() and (match.sum(0) <= 1).all()
+    picks = [set(((kept[b, 1:, None] == full[b, None, 1:]).all(-1).nonzero()[:, 1]).tolist()) for b in range(3)]
+    assert len({frozenset(p) for p in picks}) > 1  # drawn per image
+    torch.testing.assert_close(model.eval()(x), plain.eval()(x))  # evaluation keeps every patch
+    assert model.train()(x).shape == (3, args.n_classes)
+    assert train_flops_per_image(args) < train_flops_per_image(tiny_args)  # fewer tokens, less work per step

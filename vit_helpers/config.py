@@ -19,6 +19,7 @@ class ModelArgs:
     drop_path: float = 0.0  # stochastic depth while training: chance a block's branch is skipped per image (0 at the first block, rising to this at the last)
     spt: bool = False  # Shifted Patch Tokenization (Lee et al., 2021): each patch also sees its four diagonal neighbours
     lsa: bool = False  # Locality Self-Attention (Lee et al., 2021): a learned softmax temperature, no attention to oneself
+    patch_dropout: float = 0.0  # while training: the share of each image's patch tokens left out (PatchDropout, Liu et al., 2022); [CLS] and evaluation keep all
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden_dim", "n_heads", "n_layers", "patch_size", "n_channels", "image_size", "n_classes"):
@@ -38,6 +39,11 @@ class ModelArgs:
         for name in ("dropout", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.kept_patches < 1:
+            raise ValueError(f"patch_dropout={self.patch_dropout} leaves no patch token of the {self.n_patches}: "
+                             f"at most {(self.n_patches - 0.5) / self.n_patches:.3f} keeps one")
         for name in ("spt", "lsa"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelArgs.{name} must be True or False, got {getattr(self, name)!r}")
@@ -53,6 +59,11 @@ class ModelArgs:
     def n_patches(self) -> int:
         """Patches per image (the article's n_patches, now derived)."""
         return self.grid_size**2
+
+    @property
+    def kept_patches(self) -> int:
+        """Patch tokens per image that a training step keeps (all of them without patch_dropout)."""
+        return self.n_patches - round(self.n_patches * self.patch_dropout)
 
     @property
     def head_dim(self) -> int:

@@ -77,7 +77,18 @@ class VisionTransformer(nn.Module):
             x = self.input_layer(img_to_patch(x, self.patch_size))  # (B, N, C*P*P) -> (B, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1) + self.pos_embedding  # (B, 1+N, D)
+        if self.training and self.args.patch_dropout:
+            x = self.drop_patches(x)  # (B, 1+K, D)
         return self.dropout(x)
+
+    def drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """PatchDropout (Liu et al., 2022): keep a random args.kept_patches of each image's patch tokens, [CLS] first.
+
+        Their positions are already added, so the blocks still know where each kept token came from; fewer tokens
+        make a cheaper step. Training only: evaluation sees every patch."""
+        B, T, D = x.shape
+        keep = torch.rand(B, T - 1, device=x.device).argsort(dim=1)[:, : self.args.kept_patches] + 1  # (B, K), in 1..N
+        return torch.cat([x[:, :1], x.gather(1, keep.unsqueeze(-1).expand(-1, -1, D))], dim=1)
 
     def forward_features(self, x: torch.Tensor, return_attn: bool = False):
         """Images -> normalised tokens (B, 1+N, D); with return_attn also a list of (B, H, 1+N, 1+N) per layer."""
@@ -130,13 +141,14 @@ def parameter_table(model: VisionTransformer) -> list[tuple[str, int]]:
     return [(name, p.numel() if isinstance(p, nn.Parameter) else count_parameters(p)) for name, p in parts]
 
 
-def flops_per_image(args: ModelArgs) -> int:
+def flops_per_image(args: ModelArgs, training: bool = False) -> int:
     """Forward-pass floating-point operations for one image (2 per multiply-add; matmuls only).
 
     Norms, softmax, GELU and additions are left out: they are under 1% of the total here.
     Training costs about three times this (forward, plus backward for inputs and weights).
+    training=True counts the tokens a training step keeps (args.patch_dropout leaves some out after the embedding).
     """
-    T = args.n_patches + 1
+    T = (args.kept_patches if training else args.n_patches) + 1
     D, Hd = args.dim, args.hidden_dim
     embed = 2 * args.n_patches * (args.n_channels * args.patch_size**2) * D * (5 if args.spt else 1)  # SPT: 5 images' pixels
     qkvo = 2 * T * D * D * 4

@@ -107,7 +107,7 @@ def copy_gbps(n_bytes: int = 2**28, *, device: torch.device | str = "cpu", reps:
 def train_flops_per_image(args: ModelArgs) -> float:
     """FLOPs of one training image: the forward pass, and a backward pass that costs about twice as much
     (a gradient for each layer's input and one for its weights)."""
-    return 3.0 * flops_per_image(args)
+    return 3.0 * flops_per_image(args, training=True)
 
 
 def mfu(images_per_s: float, flops_per_train_image: float, peak_tflops: float) -> float:
