@@ -202,3 +202,24 @@ def test_the_ablation_runs_on_the_cpu_and_survives_a_failing_run(tmp_path):
     assert (tmp_path / "runs" / "broken.json").is_file() and (tmp_path / "logs" / "soft100.log").is_file()
     text = pa.table(rows)
     assert "| broken |" in text and "lr must be positive" in text and "| soft100 |" in text
+
+
+def test_model_speed_times_every_variant_in_turn_and_refuses_a_bad_one(tmp_path, capsys):
+    """benchmarks/model_speed.py --tiny: one row per variant (the first is the reference, ratio 1), each timed ROUNDS
+    times; PatchDropout's row counts fewer training FLOPs; a misspelt field or a refused shape is one clear line."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model_speed", ROOT / "benchmarks" / "model_speed.py")
+    ms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ms)
+    out = tmp_path / "speed.json"
+    assert ms.main(["--tiny", "--rounds", "2", "--variants", "base,pd50,narrow:dim=16;n_heads=4", "--out", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["base", "pd50", "narrow"] and rows["base"]["ratio"] == 1.0
+    assert all(len(r["timings"]) == 2 and r["images_per_s"] > 0 for r in rows.values())
+    assert rows["pd50"]["train_gflops_per_image"] < rows["base"]["train_gflops_per_image"]
+    assert rows["narrow"]["params"] < rows["base"]["params"]
+    for bad, says in [("x:dimm=3", "no field 'dimm'; did you mean 'dim'"), ("nope", "unknown variant 'nope'"),
+                      ("odd:dim=30", "not divisible by n_heads")]:
+        with pytest.raises(SystemExit, match=says):
+            ms.main(["--tiny", "--variants", bad])
