@@ -114,3 +114,17 @@ def test_gpu_runs_print_each_failure_when_it_happens(tmp_path):
     at_once = out.find("==== FAILED at once: test_two.py::test_bad (call) ====")
     assert 0 <= at_once < out.find("LATER") < out.find("= FAILURES ="), out
     assert "AssertionError: boom" in out[at_once:out.find("LATER")]
+
+
+def test_every_config_field_has_its_comment():
+    """05's recipe table prints each changed field's comment (config.field_comments): a field added without one would
+    print an empty meaning."""
+    from vit_helpers.config import CNNArgs, ModelArgs, TrainConfig, field_comments
+
+    for cls in (ModelArgs, CNNArgs, TrainConfig):
+        comments = field_comments(cls)
+        assert list(comments) == list(cls.__dataclass_fields__)
+        assert all(comments.values()), (cls.__name__, [k for k, v in comments.items() if not v])
+    assert field_comments(ModelArgs)["dim"] == "width of every token embedding"
+    with pytest.raises(TypeError, match="dataclass"):
+        field_comments(dict)

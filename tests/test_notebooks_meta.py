@@ -130,6 +130,14 @@ def test_notebook_prints_its_mode_and_has_objectives_and_exercises(name):
     assert "**You will learn**" in text and "## Exercises" in text
 
 
+@pytest.mark.parametrize("name", EXPECTED)
+def test_no_notebook_tours_package_source(name):
+    """A notebook builds its piece where the learner sees it; printing the package's source is not teaching."""
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    touring = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "getsource" in c.source]
+    assert not touring, f"{name}.ipynb: cells {touring} call inspect.getsource; build the piece in the notebook instead"
+
+
 def test_readme_lists_every_notebook_with_its_badge():
     readme = (ROOT / "README.md").read_text()
     for name in EXPECTED:

@@ -337,6 +337,18 @@ RECIPES: dict[str, tuple[str, dict, str | None, dict]] = {
 TEACHER_RECIPES = {"distilled": "teacher", "distilled_quick": "teacher_quick", "distilled_sprint": "teacher_sprint"}
 
 
+def field_comments(cls) -> dict[str, str]:
+    """{field name: its one-line comment} of a config dataclass here (ModelArgs, CNNArgs, TrainConfig), read from the
+    comment written beside each field in this file, so that a table of fields can say what each one means."""
+    import inspect
+    import re
+
+    if not (isinstance(cls, type) and hasattr(cls, "__dataclass_fields__")):
+        raise TypeError(f"field_comments takes a dataclass such as ModelArgs or TrainConfig, got {cls!r}")
+    comments = dict(re.findall(r"^\s+(\w+): [^#\n]+#\s*(.+)$", inspect.getsource(cls), re.M))
+    return {name: comments.get(name, "") for name in cls.__dataclass_fields__}
+
+
 def recipe(name: str) -> tuple[ModelArgs | CNNArgs, TrainConfig]:
     """(model config, training config) of a named recipe: one of RECIPES. Build the model with `build_model(args)`."""
     if name not in RECIPES:

@@ -42,7 +42,6 @@ import dataclasses
 import inspect
 import math
 import os
-import re
 import time
 
 import matplotlib.pyplot as plt
@@ -51,6 +50,7 @@ import torch.nn.functional as F
 
 import vit_helpers as vh
 from vit_helpers import augment, runtime
+from vit_helpers.config import field_comments
 from vit_helpers.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, GPUBatches, load_cifar10, train_val_split
 from vit_helpers.plots import plot_history, show_images
 from vit_helpers.train import load_or_train, lr_at, make_batches, param_groups, recipe, train
@@ -653,14 +653,10 @@ print("training seconds per epoch, train():", [round(h["seconds"], 1) for h in r
 # ## A recipe: what differs from the article
 # A recipe is a model config (`ModelArgs`, 04) and a training config (`TrainConfig`), both dataclasses
 # with a one-line comment per field. This mode's recipe, shown as the fields that differ from the
-# article's, each with its comment, read from the package's source:
+# article's, each with the comment written beside it in `vit_helpers/config.py` (`field_comments`
+# reads them):
 
 # %%
-def field_comments(cls):
-    """{field name: its one-line comment} from a dataclass's source."""
-    return dict(re.findall(r"^\s+(\w+): [^#\n]+#\s*(.+)$", inspect.getsource(cls), re.M))
-
-
 SPEED, BOOKKEEPING = ("precision", "compile", "compile_mode", "cuda_graph"), ("log_every", "checkpoint_every")
 print(f"{'field':<16} {'article':>10} {runtime.RECIPE:>10}  meaning")
 for ours, article in [(args, art_args), (cfg, art_cfg)]:
