@@ -281,6 +281,29 @@ def test_history_seconds_are_each_epochs_own_and_the_table_prints_their_sum(tiny
     assert [row[-1] for row in rows] == [f"{t:.0f}s" for t in itertools.accumulate(seconds)]
 
 
+@pytest.mark.parametrize("spe", [20, 2, 1])
+def test_pace_counts_the_steps_between_its_readings(spe):
+    """tick(i) reads the clock after step i, stop() after the epoch's last: on a clock where compiling takes 10 s and
+    every step 1 s, the steady pace is 1 s per step (it read 17/18 s, one step too many in the divisor, for 20 steps);
+    an epoch too short for two readings gives its whole time over its steps."""
+    from vit_helpers.train import Pace, TrainConfig
+
+    pace = Pace(spe, TrainConfig(epochs=5))
+    times = iter([0.0] + [10.0 + i + 1 for i in range(spe)])  # start, then after each step i (compiling in the first)
+    readings = {}
+    pace._now = lambda device: next(times)
+    pace.start(0, "cpu")
+    for i in range(spe):
+        now = next(times)
+        pace._now = lambda device, now=now: now
+        pace.tick(i, "cpu")
+        readings[i] = now
+    pace._now = lambda device: readings[spe - 1]
+    pace.stop("cpu")
+    expected = 1.0 if spe > pace.a + 1 else readings[spe - 1] / spe
+    assert pace.step_seconds() == pytest.approx(expected)
+
+
 def test_notebook_05_fit_records_seconds_as_train_does(tiny_args, capsys):
     """The loop notebook 05 writes keeps each epoch's own training time under `seconds`, as train()'s history does
     (issue 28: it kept a running total), and prints their running sum, as train()'s time column does."""

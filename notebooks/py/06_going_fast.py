@@ -932,8 +932,8 @@ del A, B
 # short:
 # - **The steady speed.** During the first epoch it reads the clock (after a synchronisation) after step
 #   `pace.a` (step 2, once compiling and recording are over), after step `pace.b` (10 steps later) and,
-#   in `Pace.stop`, at the end of the epoch, and keeps the readings in `pace.marks`, keyed by step (the
-#   end of the epoch under `pace.spe`, its number of steps). Seconds per step (`Pace.step_seconds`) are
+#   in `Pace.stop`, at the end of the epoch, and keeps the readings in `pace.marks`, keyed by the step
+#   they follow (the end of the epoch under `pace.spe - 1`, its last step). Seconds per step (`Pace.step_seconds`) are
 #   the time between the earliest and the latest reading over the steps between them: from step `a` to
 #   the end of the first epoch. The reading at `b` serves only an early warning: in a run without a
 #   budget, if the whole run would take more than an hour at the pace from `a` to `b`, it warns at once.
@@ -994,7 +994,7 @@ budget, compile_s = (12, 30.0) if c is fast else (0.5, 0.0)
 first, per_epoch = epoch_seconds(ips, c) + compile_s, epoch_seconds(ips, c)
 by_hand = max(1, min(c.epochs, 1 + int((60 * budget - first) / per_epoch)))
 pace = Pace((c.train_subset or len(data.train_x) - c.val_size) // c.batch_size, c.replace(budget_minutes=budget))
-pace.marks = {pace.a: 0.0, pace.spe: (pace.spe - pace.a) * c.batch_size / ips}  # as if its clock had measured ips
+pace.marks = {pace.a: 0.0, pace.spe - 1: (pace.spe - 1 - pace.a) * c.batch_size / ips}  # as if its clock had measured ips
 eval_s = c.val_size / 3 / ips
 chosen = pace.fit_budget(SimpleNamespace(history=[{"seconds": first - eval_s, "eval_seconds": eval_s}]), SimpleNamespace(write=print))
 print(f"{name}, {budget:g} minutes: {by_hand} epochs by hand, {chosen} chosen by Pace (of the recipe's {c.epochs})")
@@ -1201,7 +1201,7 @@ else:
 # epoch = (spe * cfg.batch_size + cfg.val_size / 3) / ips
 # print(f"by hand: {1 + int((600 - first) / epoch)} epochs ({epoch:.2f} s each after the first)")
 # pace = Pace(spe, cfg)
-# pace.marks = {pace.a: 0.0, pace.spe: (pace.spe - pace.a) * cfg.batch_size / ips}  # from step a to the epoch's end
+# pace.marks = {pace.a: 0.0, pace.spe - 1: (pace.spe - 1 - pace.a) * cfg.batch_size / ips}  # after step a, after the last
 # pace.fit_budget(SimpleNamespace(history=[{"seconds": first, "eval_seconds": 0.0}]), SimpleNamespace(write=print))
 # ```
 #

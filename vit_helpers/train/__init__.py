@@ -344,12 +344,14 @@ class Pace:
     def stop(self, device: torch.device) -> float:
         end = self._now(device)
         if self.first:
-            self.marks[self.spe] = end
+            self.marks[self.spe - 1] = end  # after the epoch's last step, as tick(i) reads the clock after step i
         return end - self.t0
 
     def step_seconds(self) -> float:
+        """Steady seconds per step: between the earliest and the latest reading, over the steps run between them (an
+        epoch too short for two readings: its whole time over its steps, compiling included)."""
         (i, t_i), (j, t_j) = min(self.marks.items()), max(self.marks.items())
-        return (t_j - t_i) / (j - i) if j > i else t_j - self.t0
+        return (t_j - t_i) / (j - i) if j > i else (t_j - self.t0) / (j + 1)
 
     def images_per_s(self) -> float:
         return self.cfg.batch_size / self.step_seconds()
