@@ -7,7 +7,8 @@
 # recipe needs well over an hour for its 150 epochs (about 124 minutes at the 911 images/s that the
 # package's step made with the article's setup below, in the release's run: full mode on an NVIDIA
 # H200, 2026-12-03, whose outputs are the ones stored here; evaluation left out).
-# None of that difference comes from the algorithm: it is the step you wrote in 05, run differently.
+# Little of that difference comes from the algorithm (one part does: 512 images per step instead of 16,
+# as 05's recipe trains): it is the step you wrote in 05, run differently.
 # This notebook starts from the article's setup and makes **one change at a time** to *how* your step
 # runs. Each change is a **rung** of a **ladder**: a table of training speeds, one row per rung, from
 # the article's setup (rung 1) up. You write each change yourself: bf16 autocast around your loss, one
@@ -59,7 +60,7 @@ import torch.nn.functional as F
 import vit_helpers as vh
 from vit_helpers import paths, runtime, speed
 from vit_helpers.data import load_cifar10
-from vit_helpers.step import TrainStep
+from vit_helpers.step import TrainStep, native_bf16
 from vit_helpers.train import Pace, make_batches, param_groups, recipe
 
 runtime.print_mode()
@@ -294,7 +295,8 @@ def measure(name, rung_cfg, my_step, steps=STEPS, warmup=WARMUP):
 # point), every PyTorch operation launched from Python one at a time (**eager** execution). 45,000
 # images at batch 16 are 2,812 steps per epoch, each paying the full cost of launching the model's few
 # hundred kernels. The first two settings, PIL in `DataLoader` workers and batch 16, belong to the data
-# (05 wrote the tensor pipeline and described this one; `make_batches` builds either from the config);
+# (05 wrote the **tensor pipeline**, `pipeline="gpu"`: uint8 images kept on the device and augmented
+# there by tensor operations, and described this one; `make_batches` builds either from the config);
 # the last two, fp32 and eager, are how your plain step above already runs. What the step computes
 # stays the recipe's, here and on every rung (AdamW, fused on a GPU, gradient clipping, label smoothing,
 # no dropout, where the article had Adam and dropout 0.2): this notebook changes how the step runs, not
@@ -430,9 +432,11 @@ def bf16_loss(model, x, y, cfg):
 # of 1e-2: bf16 keeps about 3 significant digits, so the loss may move in its third or fourth.
 #
 # Then against the package's step with `precision="auto"`, the package's setting for this rung: bf16
-# autocast on a GPU for which `torch.cuda.is_bf16_supported()` is true (an H200), float16 with a
-# `GradScaler` on one for which it is not, float32 on a CPU (`autocast_settings` in
-# `vit_helpers/step.py`). The package's step (`TrainStep.loss`) puts the same context around the
+# autocast on a GPU that computes in bf16 itself (an H200: `native_bf16()` in `vit_helpers/step.py`),
+# float16 with a `GradScaler` on one that only emulates it (a Colab T4, where `torch.cuda.is_bf16_supported()`
+# alone would still say yes; there your bf16 step runs emulated, slowly, and the cell compares only
+# its float32 check, since the package's float16 step computes something else), float32 on a CPU
+# (`autocast_settings` in `vit_helpers/step.py`). The package's step (`TrainStep.loss`) puts the same context around the
 # forward pass, but computes the cross-entropy after leaving it, on `logits.float()`, where yours
 # computes it inside, with autocast choosing each operation's precision. (It also enters
 # `attention_kernels(cfg.attention)`, which picks the attention kernel; the recipe's `attention="auto"`
@@ -450,10 +454,14 @@ if GPU:
     bf16_model, bf16_opt = fresh(bf16_cfg)
     bf16_ref = training_step(bf16_model, bf16_opt, x, y, LR, bf16_cfg, bf16_loss).item()
     check("your bf16 step against float32", bf16_ref, ref_loss, TOL["bf16 vs fp32"])
-    pkg = TrainStep(copy.deepcopy(ref), bf16_cfg, device)
-    pkg((x, y), LR)
-    # The same bf16 arithmetic in two places can round differently (the H200 gave 2.15e-05): hence "same in bf16".
-    check("your bf16 step against TrainStep(precision='auto')", bf16_ref, (pkg.totals[0] / len(x)).item(), TOL["same in bf16"])
+    if native_bf16():  # the package's rung is bf16 too: the same computation
+        pkg = TrainStep(copy.deepcopy(ref), bf16_cfg, device)
+        pkg((x, y), LR)
+        # The same bf16 arithmetic in two places can round differently (the H200 gave 2.15e-05): hence "same in bf16".
+        check("your bf16 step against TrainStep(precision='auto')", bf16_ref, (pkg.totals[0] / len(x)).item(), TOL["same in bf16"])
+    else:  # e.g. a Colab T4: bf16 only emulated, so the package trains in float16 with a GradScaler
+        print("this GPU computes bf16 only by emulation: the package's rung trains in float16 with a GradScaler here, "
+              "another computation, so it is timed beside yours below but not compared with it")
     bf16_model, bf16_opt = fresh(bf16_cfg)
     run_bf16 = on_batches(lambda x, y: training_step(bf16_model, bf16_opt, x, y, LR, bf16_cfg, bf16_loss), bf16_cfg)
     mine_bf16 = measure("+ bf16 autocast", bf16_cfg, run_bf16)
@@ -498,7 +506,8 @@ print(prof.table(rows=8))
 # The table lists the kernels that take the most GPU time. In the release's run the top one was
 # `GammaBetaBackward` (17%), part of LayerNorm's backward pass (the gradients of its scale and shift);
 # with LayerNorm's forward (`vectorized_layer_norm`) and its other backward kernel
-# (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than attention.
+# (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than attention (the
+# `sdpa` kernels: cuDNN's flash attention, here its backward pass at 9.8%).
 #
 # The busy time is a sum of the durations the profiler recorded, kernel by kernel: good for comparing
 # two steps profiled the same way, not an exact clock of the GPU. Kernels that run at the same time on
@@ -516,7 +525,8 @@ print(prof.table(rows=8))
 # inside the kernels (28.0 to 10.8 ms busy), not launches. That also explains why bf16 gave only 1.23x
 # although it cut the busy time 2.6 times: the float32 step was busy for 28.0 ms of its 28.7 ms (rung 2's
 # step time), so the GPU's own work set its pace; in bf16 that work shrank below what the CPU side needs
-# to queue a step, and the step became launch-bound (busy 44% of it). On a CPU the cell profiles
+# to queue a step, and the step became launch-bound (busy 44% of it). (1.23x is the package's factor;
+# your step, the one profiled, gained 1.18x.) On a CPU the cell profiles
 # `run_plain` only and lists operators instead: the CPU computes each operator as it dispatches it, so
 # no separate device is left waiting.
 #
@@ -610,7 +620,8 @@ else:
 # the alternating timings. The ratio of the medians is the one the cell prints; in the release's run it
 # was 1.13x. If it sits within the spread of the three timings of each step, the two compiled steps
 # run at the same speed and a single timing is too noisy to compare them; if every timing of one step is
-# above every timing of the other, the gap is real, and it lies in what the two steps do differently.
+# above every timing of the other, the gap is likely real (chance alone puts three timings each all on
+# one side about one time in ten), and it lies in what the two steps do differently.
 # In the release's run the spreads overlap (your slowest timing, 22,178, lies below the package's
 # fastest, 22,687), so this run cannot tell the two compiled steps apart.
 #
@@ -771,7 +782,8 @@ else:
 # slower, by up to the time that making and copying a batch takes (your whole step against a replay,
 # above). The ratio of the medians is the one the cell prints, 0.99x in the release's run, and there
 # every timing of the package's step (87,943 to 88,311 images/s) lies above every one of yours (86,447
-# to 87,625): a small gap, about 1%, but a real one, and within what making and copying the batch
+# to 87,625): a small gap, about 1%, and likely a real one (three timings each all on one side happen
+# by chance about one time in ten), and within what making and copying the batch
 # outside the graph costs your step (5.84 against 5.70 ms per replay, 2%). The package's graph is the
 # one `train()` uses.
 #
@@ -830,9 +842,9 @@ if GPU and runtime.MODE == "full":  # the release copies it into release/speed_l
 # runs: bf16 gave 1.23x, compiling 1.01x and the whole step as one graph 3.98x for the
 # package's step (your steps: the factors in parentheses). bf16 halves the bytes every kernel moves and
 # runs the matrix multiplies on the tensor cores, which shortens the GPU's part of the step; the profile
-# of your two eager steps compares their kernel counts and busy times, and bf16 adds cast kernels and
-# takes no launch away, so what it saved was the GPU's own work. It leaves the launch overhead
-# untouched. Compiling fuses kernels: fewer launches and less GPU busy time (the last line of rung 4's
+# of your two eager steps compares their kernel counts and busy times: bf16 added cast kernels (509 to
+# 692) and took no launch away, so what it saved was the GPU's own work, and it left the step
+# launch-bound. Compiling fuses kernels: fewer launches and less GPU busy time (the last line of rung 4's
 # cell), but a step that still waits on the CPU side gains only what its launches shrink: in this run
 # 1.01x for the package's step and 1.19x for yours (yours, profiled in rung 4, still launch-bound).
 # The package's 1.01x lies within the spread of its rung-3 timings (21,424 to 24,942), so in this run
@@ -916,7 +928,8 @@ del A, B
 # GPU ran them back to back in 13.0 µs that day and 28.8 µs here it does not measure (the constant
 # times here say only that, in this run, the CPU set the pace). By that earlier measurement, inside the
 # graphed training step (rung 5) the model's multiplies run close to their memory time, not their
-# compute time: their width keeps them from the peak.
+# compute time: their width keeps them from the peak. What this run itself shows is the arithmetic
+# (128 to 170 FLOPs per byte, where the peak needs 200) and, in a row from Python, a CPU-bound picture.
 # Attention's multiplies are smaller still: per head it multiplies 65 x 32 by 32 x 65.
 #
 # A wider model does more arithmetic per byte in every multiply and lifts MFU: in run 7 of
@@ -1000,7 +1013,9 @@ chosen = pace.fit_budget(SimpleNamespace(history=[{"seconds": first - eval_s, "e
 print(f"{name}, {budget:g} minutes: {by_hand} epochs by hand, {chosen} chosen by Pace (of the recipe's {c.epochs})")
 
 # %% [markdown]
-# A slower GPU gets fewer epochs of the same recipe, not a longer wait; expect lower accuracy from the
+# (The line `Pace` prints, "the first epoch took 36 s", reports what it was given: the assumed 30 s of
+# compiling plus the estimated epoch, not a measurement.) A slower GPU gets fewer epochs of the same
+# recipe, not a longer wait; expect lower accuracy from the
 # shorter schedule (in an earlier run on an H100, run 8 in `benchmarks/NOTES.md`, 30 epochs of the fast
 # recipe reached 67.8% test accuracy and 69 epochs 77.9%, against 86.72% after 420; this release's 420
 # epochs reached 86.66%, `release/results_fast.json`). In notebook 05, `cfg.replace(budget_minutes=...)`
