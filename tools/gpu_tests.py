@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("tools/gpu_tests.py records a GPU run: no CUDA GPU here (on a CPU, `make test` is the whole suite)")
     # tools/ on the path for the plugin that prints each failure as it happens (a part cut short keeps its reasons)
-    env = {**os.environ, "VIT_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tools"), os.environ.get("PYTHONPATH")]))}
+    # VIT_GPU_TESTS_PART: the run being recorded, so that the test that checks the record waits for it (test_release)
+    env = {**os.environ, "VIT_PROGRESS": "0", "VIT_GPU_TESTS_PART": a.part, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tools"), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", *PARTS[a.part], f"--junitxml={junit}", "-p", "pytest_failures_at_once",
