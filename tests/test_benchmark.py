@@ -101,22 +101,23 @@ def test_a_budgeted_run_is_not_reported_as_extrapolated(tmp_path):
 
 
 def test_the_release_rows_run_with_one_teacher(tmp_path):
-    """The release benchmark's own rows (airbench aside: it needs a GPU): the teacher row's CNN is the distilled row's
-    teacher, trained once; the sprint's teacher is its own shorter run (teacher_sprint); each distilled row's clock
-    starts with its teacher's training, and each runs with its own budget."""
+    """The release benchmark's own rows (airbench aside: it needs a GPU): the teacher row's CNN is the teacher of both
+    265-s and 150-s rows, trained once; the sprint's teacher is its own shorter run (teacher_sprint); each distilled
+    row's clock starts with its teacher's training, and each runs with its own budget."""
     run_series = run_series_module()
     ours = [r for r in run_series.RELEASE_BENCHMARK if not r.startswith("airbench")]
-    assert ours == ["teacher", "distilled", "distilled_sprint"]
+    assert ours == ["teacher", "distilled_spt_lsa", "distilled_short", "distilled_sprint"]
     out = tmp_path / "bench.json"
     run_tiny(out, "--recipes", ",".join(ours))
     rows = {r["recipe"]: r for r in json.loads(out.read_text())["rows"]}
     assert list(rows) == ours
-    assert rows["distilled"]["teacher_seconds"] == rows["teacher"]["train_seconds"] and rows["distilled"]["teacher"] == "teacher"
+    for name in ("distilled_spt_lsa", "distilled_short"):
+        assert rows[name]["teacher_seconds"] == rows["teacher"]["train_seconds"] and rows[name]["teacher"] == "teacher"
     sprint = rows["distilled_sprint"]
     assert sprint["teacher"] == "teacher_sprint" and sprint["train_seconds"] == sprint["teacher_seconds"] + sprint["student_seconds"]
     assert "teacher_sprint" not in rows  # trained for the sprint, not a row of its own
-    budgets = {name: rows[name]["config"]["budget_minutes"] for name in ("distilled", "distilled_sprint")}
-    assert budgets == {"distilled": 4.33, "distilled_sprint": 0.4}  # each with its own budget (the student's minutes)
+    budgets = {name: rows[name]["config"]["budget_minutes"] for name in ours[1:]}
+    assert budgets == {"distilled_spt_lsa": 4.33, "distilled_short": 2.3, "distilled_sprint": 0.4}  # the student's minutes
 
 
 def test_a_release_trains_before_it_reads_the_model():
@@ -223,3 +224,16 @@ def test_model_speed_times_every_variant_in_turn_and_refuses_a_bad_one(tmp_path,
                       ("odd:dim=30", "not divisible by n_heads")]:
         with pytest.raises(SystemExit, match=says):
             ms.main(["--tiny", "--variants", bad])
+
+
+@pytest.mark.parametrize("name, run", [("distilled_spt_lsa", "spt_lsa265_s0"), ("distilled_short", "spt_lsa_pd25150_s0")])
+def test_the_benchmark_recipes_are_the_runs_that_chose_them(name, run):
+    """The release benchmark's issue-29 recipes are exactly the ablation runs that measured them (NOTES runs 16, 17): the
+    distilled recipe with the run's model fields and settings, the seed aside."""
+    from vit_helpers.config import recipe
+
+    spec = perf_ablation_module().RUNS[run]
+    assert spec["recipe"] == "distilled"
+    args, cfg = recipe("distilled")
+    settings = {k: v for k, v in spec.get("set", {}).items() if k != "seed"}
+    assert (args.replace(**spec["model"]), cfg.replace(**settings)) == recipe(name)

@@ -889,7 +889,7 @@ if bench_file.is_file():
     first = bench["environment"].splitlines()[0].split(": ", 1)[1]  # the first seed's machine, after "seed 0: "
     print(first.split(";")[0], "|", first.split("; ")[-2])
     for r in bench["rows"]:
-        if r["recipe"] not in ("teacher", "distilled", "distilled_sprint"):
+        if not r["recipe"].startswith(("teacher", "distilled")):  # the teacher and the distilled ViTs, not the airbench peers
             continue
         if len(r["seeds"]) == 1:
             run = r["runs"][0]
