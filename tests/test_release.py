@@ -87,14 +87,21 @@ def test_readme_quotes_the_release():
 
 
 def test_readme_quotes_the_release_benchmark():
-    """The README's benchmark tables are release/benchmark.json's, the merge of one invocation per seed on the release's
-    GPU (release/benchmark/seed<N>.json), none older than the model 05 trained."""
+    """The README's benchmark tables (the recipes over their seeds, each seed, the targets met or not) are
+    release/benchmark.json's, the merge of one invocation per seed of the release's seeds on the release's GPU
+    (release/benchmark/seed<N>.json), none older than the model 05 trained."""
     import importlib.util
 
     m = manifest()
     assert "benchmark" in m, "the release has no benchmark part (python tools/run_series.py --release --only benchmark)"
     record = m["benchmark"]
-    assert record.get("seeds"), "the manifest's benchmark record lists no seed (run_series.py --release --only benchmark --seeds N)"
+    run_series_spec = importlib.util.spec_from_file_location("run_series", ROOT / "tools" / "run_series.py")
+    run_series = importlib.util.module_from_spec(run_series_spec)
+    run_series_spec.loader.exec_module(run_series)
+    wanted = run_series.BENCHMARK_SEEDS
+    assert sorted(map(int, record.get("seeds", {}))) == sorted(wanted), \
+        f"the release benchmark runs every recipe with seeds {list(wanted)}, the manifest lists " \
+        f"{sorted(record.get('seeds', {}))} (run_series.py --release --only benchmark --seeds N)"
     spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
     train_speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_speed)
@@ -113,6 +120,7 @@ def test_readme_quotes_the_release_benchmark():
     readme = (ROOT / "README.md").read_text()
     assert bench["table"] in readme, "the README must hold release/benchmark.json's table unchanged"
     assert bench["seed_table"] in readme, "the README must hold release/benchmark.json's table of seeds unchanged"
+    assert bench["targets_table"] in readme, "the README must hold release/benchmark.json's targets, met or not, unchanged"
     assert record["date"] == min(part["date"] for part in record["seeds"].values()) and record["date"] in readme
     trained = m["notebooks"]["05_training"]["date"]
     assert record["date"] >= trained, f"the benchmark ({record['date']}) is older than the model 05 trained ({trained})"
