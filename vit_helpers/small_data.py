@@ -35,7 +35,8 @@ FULL_SIZE_ONLY = ("distilled_spt_lsa",)
 LABELS = {"cnn": "CNN (ResNet-9)", "vit": "ViT", "distilled": "ViT distilled from the CNN", "spt_lsa": "ViT + SPT + LSA",
           "distilled_spt_lsa": "ViT + SPT + LSA, distilled"}
 # The ViTs' length, in epochs of the full size (the fast recipe trains 420): short enough that the grid fits about
-# 15 minutes of one H200; a longer run raises every ViT line (notebook 10 says by how much at full size).
+# 13 minutes of one H200 (run 12: 15 of the 29 points in 417 s, one process); a longer run raises every ViT line
+# (notebook 10 says by how much at full size).
 VIT_EPOCHS = 40
 QUICK_VIT_EPOCHS = 5
 

@@ -76,7 +76,8 @@ data = load_cifar10()
 #    45,000 images, 1.08M images seen. The plain ViT and the ViT with the fixes below train with the fast
 #    recipe (05), the distilled ViT with the distilled recipe (09: soft distillation, T = 3, w = 0.9).
 #    The ViTs' length is cut, to 40 epochs of 45,000 images (1.8M images seen; the fast recipe runs 420
-#    epochs), so that the whole grid fits about 15 minutes of one GPU; the end of this notebook says what
+#    epochs), so that the whole grid takes minutes, not hours, on one GPU (run 12 in `benchmarks/NOTES.md`:
+#    15 of its 29 runs took 417 s on an H200, one after another); the end of this notebook says what
 #    the full length changes. So the sizes are compared at an equal budget for each model, not the models
 #    at an equal budget for each other.
 #
@@ -107,12 +108,15 @@ mine = balanced_subset(train_idx, data.train_y, 2500)
 print("images per class:", torch.bincount(data.train_y[mine], minlength=10).tolist())
 print("equal to the package's subset_indices:", torch.equal(mine, subset_indices(train_idx, data.train_y, 2500, balanced=True)))
 print("2,500 inside 5,000:", set(mine.tolist()) <= set(balanced_subset(train_idx, data.train_y, 5000).tolist()))
+whole = torch.bincount(data.train_y[train_idx], minlength=10)
+print(f"the whole split, {len(train_idx):,} images, per class:", whole.tolist(),
+      f"(at most {(whole - len(train_idx) / 10).abs().max() / (len(train_idx) / 10):.2%} from an even share)")
 
 # %% [markdown]
 # The package's version (`vit_helpers.train.subset_indices`, used when a config sets `train_subset` and
 # `balanced_subset=True`) picks the same images. The largest size is the whole split of 45,000: its
-# classes are not exactly 4,500 each (the split is random), so it is within 1% of balanced rather than
-# exactly. Here is what every size of the grid trains on, in this notebook's mode:
+# classes are not exactly 4,500 each (the split is random; the last line above counts them), so it is
+# within 1% of balanced rather than exactly. Here is what every size of the grid trains on, in this notebook's mode:
 
 # %%
 sizes = sd.QUICK_SIZES if QUICK else sd.SIZES
@@ -267,7 +271,8 @@ print("the released weights load as before:", model.args.spt, model.args.lsa, "|
 #
 # In full mode this cell reruns the smallest size, 2,500 images, for all four models (seed 0), to check the
 # stored grid below against a live run. Alone on an H200 the four take about 90 s of training (the grid's
-# one-process runs of this size: 11, 22, 27 and 28 s) plus their compilation; the run stored here shared
+# one-process runs of this size: 22, 27 and 28 s for the three ViTs; the CNN's ran while other runs
+# shared the GPU, and its one-process runs at other sizes took 11 s) plus their compilation; the run stored here shared
 # its GPU and CPUs with the project's test suite, so its seconds are several times longer. In quick mode (a CPU) it runs
 # the small models at 250 images instead, a few dozen steps each: real, but far from the GPU's numbers.
 # Where the stored grid is missing (a pip install has no `release/`), it runs 1,000 images as well, so
@@ -427,7 +432,7 @@ if grid and full_length:
 # leaves most to learn; whether the ViT's line would then climb faster than the CNN's needs that longer
 # grid, ten times this one's GPU time at the fast recipe's full length, which we leave for later. What
 # this grid does show: with the ViTs' training cut to 40 epochs, the gap stays at 16-19 points from 2,500
-# to 45,000 images; distillation wins back 4.5 to 6.9 points at every size, and SPT + LSA 2.0 to 4.4
+# to 45,000 images; distillation wins back 3.9 to 6.9 points at every size, and SPT + LSA 2.0 to 4.4
 # (the smallest of those within two seeds' spread).
 #
 # ## Exercises
