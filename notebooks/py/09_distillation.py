@@ -357,9 +357,10 @@ print(f"{int(candidates.sum())} test images qualify; the one shown is test image
 temperatures = (1.0, 2.0, 3.0, 4.0)
 probs = {T: (logits[i] / T).softmax(-1) for T in temperatures}
 for T, p in probs.items():
+    log_p = (logits[i] / T).log_softmax(-1)  # for the entropy: p.log() would be -inf (and 0 * -inf NaN) where p rounds to 0
     best, last = p.topk(3), int(p.argmin())
     print(f"T = {T:g}: " + ", ".join(f"{names[c]} {v:.2f}" for v, c in zip(best.values.tolist(), best.indices.tolist()))
-          + f", ..., {names[last]} {p[last]:.3f}; entropy {-(p * p.log()).sum().item():.2f} nats "
+          + f", ..., {names[last]} {p[last]:.3f}; entropy {-(p * log_p).sum().item():.2f} nats "
           f"(uniform: {torch.log(torch.tensor(10.0)).item():.2f})")
 
 # %% [markdown]
@@ -434,9 +435,10 @@ def distillation_loss(logits, labels, teacher_logits, w, label_smoothing=0.0, ki
     if kind == "hard":
         from_teacher = F.cross_entropy(logits, teacher_logits.argmax(-1))  # the teacher's answer as a label
     else:
-        p_teacher = F.softmax(teacher_logits / temperature, dim=-1)
+        # log_softmax, not softmax().log(): a probability that rounds to 0 would give log 0 = -inf, and 0 * -inf is NaN
+        log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
         log_p_student = F.log_softmax(logits / temperature, dim=-1)
-        kl = (p_teacher * (p_teacher.log() - log_p_student)).sum(-1).mean()  # KL(teacher || student), mean over images
+        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()  # KL(teacher || student), mean over images
         from_teacher = temperature**2 * kl
     return (1 - w) * from_labels + w * from_teacher, from_labels, from_teacher
 
