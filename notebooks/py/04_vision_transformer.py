@@ -216,7 +216,7 @@ with torch.no_grad():
 # for an image and for a jigsaw of its patches. The model would see a bag of patches.
 #
 # Let us test that on the trained model, whose weights ship with `vit_helpers` (notebook 05 trains
-# it; 86.66% test accuracy in this release, `release/results_fast.json`). First, what a shuffled image
+# it; 86.45% test accuracy in this release, `release/results_fast.json`). First, what a shuffled image
 # looks like:
 
 # %%

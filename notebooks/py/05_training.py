@@ -559,7 +559,7 @@ def fit(model, optimizer, batches, val_batches, cfg, epochs, warmup_epochs, prin
 # rate, weight decay, label smoothing, clipping) and our crop-and-flip batches. The peak lr is this
 # mode's `cfg.lr`: 1e-3 for the `fast` recipe on a GPU, 2e-3 for the `quick` one on a CPU (the cell
 # prints it). The AdamW betas are `cfg.betas`, Adam's usual (0.9, 0.999). On a GPU that is the
-# article's model on all 45,000 training images for 25 epochs (73 s in the stored full-mode run, on
+# article's model on all 45,000 training images for 25 epochs (74 s in the stored full-mode run, on
 # one NVIDIA H200 GPU; a quick-mode run prints its own time); on a CPU the small model on 10,000 of them
 # for 4 epochs (the printed seconds say how long it took where this notebook ran; a Colab T4 needs
 # several times longer than the H200: lower `EPOCHS` there if you are in a hurry). Short runs like these use crops and flips alone:

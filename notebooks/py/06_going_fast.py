@@ -4,9 +4,9 @@
 # # 06 · Going fast: your training step, one change at a time, each one measured
 #
 # Notebook 05 trained the article's model with the `fast` recipe in a few minutes; the article's own
-# recipe needs well over an hour for its 150 epochs (about 124 minutes at the 911 images/s that the
+# recipe needs well over an hour for its 150 epochs (about 94 minutes at the 1,196 images/s that the
 # package's step made with the article's setup below, in the release's run: full mode on an NVIDIA
-# H200, 2026-12-03, whose outputs are the ones stored here; evaluation left out).
+# H200, 2026-12-04, whose outputs are the ones stored here; evaluation left out).
 # Little of that difference comes from the algorithm (one part does: 512 images per step instead of 16,
 # as 05's recipe trains): it is the step you wrote in 05, run differently.
 # This notebook starts from the article's setup and makes **one change at a time** to *how* your step
@@ -114,15 +114,15 @@ print(f"a @ a returned after {returned * 1e3:.2f} ms; its result was ready after
 
 # %% [markdown]
 # Two things show in this output (the stored one is the release's run, full mode on the H200). First, the
-# call itself took about 95 ms, far more than a launch. That is one-time start-up work which the first
+# call itself took about 80 ms, far more than a launch. That is one-time start-up work which the first
 # matrix multiply of a process does on the CPU, inside the call: setting up cuBLAS (NVIDIA's
 # matrix-multiply library) and loading its kernels onto the GPU. Later calls skip it. Second, the call
-# returned before the result existed: the result was ready about 2.5 ms later (97.93 ms). Those 2.5 ms
+# returned before the result existed: the result was ready about 2.5 ms later (82.11 ms). Those 2.5 ms
 # are the multiply itself (137 GFLOP in float32), still running on the GPU after Python had moved on:
 # that is the asynchrony. On a CPU the two times are the same, because the CPU computes as it goes.
 #
 # Both effects shape the timer. A few untimed **warm-up** calls come first (the first calls pay one-time
-# costs like the 95 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
+# costs like the 80 ms above: they allocate memory, pick algorithms and, later, compile); then the clock
 # is read after a synchronisation, a fixed number of calls run, and the clock is read again after
 # another synchronisation, so that the last call's work is inside the measurement. Written out, for a
 # `step()` that trains on `batch_size` images:
@@ -147,10 +147,11 @@ for name, rates in [("yours", mine), ("vit_helpers.speed.images_per_second", pac
     print(f"{name}: {statistics.median(rates):,.1f} multiplies/s (three runs: {', '.join(f'{r:,.1f}' for r in rates)})")
 
 # %% [markdown]
-# The two timers are the same loop, and they agree to 0.3% (373.9 against 375.0 multiplies/s in the
-# release's run). Each timer's own three runs agree more closely still, so the same loop, timed in two
-# sets of runs a moment apart, moved by a fraction of a percent from one set to the next: a timing is a
-# measurement with noise, which is why this notebook repeats the ones it compares closely.
+# The two timers are the same loop, and they agree to 0.3% (374.9 against 373.9 multiplies/s in the
+# release's run), less than your timer's own three runs spread (373.8 to 375.4, 0.4%; the package's
+# stayed within 0.1%): the same loop, timed a moment apart, moved by a fraction of a percent from one
+# run to the next. A timing is a measurement with noise, which is why this notebook repeats the ones it
+# compares closely.
 # From here on `speed.images_per_second` times every rung. Its sibling `speed.median_seconds` times each
 # call on its own, between two synchronisations, and returns the median over the calls; the
 # matrix-multiply rates below use it, since one slow call (another process taking the GPU or the CPU for
@@ -314,9 +315,10 @@ mine_article = measure("article: PIL DataLoader, batch 16, fp32, eager", article
 # That is the starting point, in images per second of this machine. Your step and the package's do the
 # same work, so they should run at about the same speed: the ratio the cell prints compares the two
 # medians, and the three timings beside each show how far a single timing moves. A ratio away from 1 by
-# less than that spread says nothing about the steps. Rung 1's timings are the shortest (50 steps of 16
-# images, under a second on a GPU), so they scatter most (the batch-16 step on the tensor pipeline, timed
-# below without any `DataLoader` worker, scatters as much).
+# less than that spread says nothing about the steps. Rung 1's timings (50 steps of 16 images, under a
+# second on a GPU) scattered by 12 to 13% in the release's run (1,187 to 1,336 images/s for the package's
+# step); the batch-16 step on the tensor pipeline, timed below without any `DataLoader` worker, scatters
+# as much, the bf16 and compiled rungs below scattered more (up to 28%), and rungs 2 and 5 about 1% or less.
 # The ladder keeps the package's median. On a CPU shared with other work the timings scatter far more
 # (compare the timer's three runs above), so there a ratio well away from 1 is noise, not a difference
 # between the steps.
@@ -371,22 +373,27 @@ print(f"the eager step of rung 2 trains {ladder.rows[-1]['images_per_s']:,.0f} i
 
 # %% [markdown]
 # The answer, from these numbers (the release's run, full mode on the H200). The first cell splits your
-# step's gain from rung 1 to rung 2 into its two factors: in the release's run 1.0x for the tensor
-# pipeline at batch 16, and 19.7x for the batch of 512 on that pipeline. The pipeline's part is what
-# decoding and transforming PIL images in `DataLoader` workers cost against the tensor pipeline, 16
-# images at a time: nothing measurable here. At batch 16 the plain step itself trains only about 900
-# images/s (17.7 ms for 16 images), far below what the PIL pipeline makes (7,096 images/s in the next
-# cell, at batch 512; PIL's work is done image by image in the workers, so its rate should hardly depend
-# on the batch size), and the batch-16 timings scatter widely (864 to 1,322). The batch size's part is
-# the fixed cost of a step shared by 32 times more images: nearly the whole gain.
+# step's gain from rung 1 to rung 2 (15.67x, the ladder below) into its two factors: in the release's
+# run 0.9x for the tensor pipeline at batch 16, and 17.3x for the batch of 512 on that pipeline. The
+# pipeline's part is what decoding and transforming PIL images in `DataLoader` workers cost against the
+# tensor pipeline, 16 images at a time: no gain here. At batch 16 the plain step itself trains only
+# about 1,000 images/s (15.5 ms for 16 images), far below what the PIL pipeline makes (16,155 images/s
+# in the next cell, at batch 512; PIL's work is done image by image in the workers, so its rate should
+# hardly depend on the batch size). The tensor pipeline at batch 16 even came out a little slower: all
+# three of its timings (976 to 1,106) lie below all three of your rung-1 step's (1,118 to 1,265). Its
+# augmentation is not the article's (TrivialAugment and MixUp/CutMix instead of a flip and a crop), and
+# its kernels are launched by the training process itself, where PIL's work runs in the worker
+# processes; this notebook does not time which of these costs the difference. The batch size's part is
+# the fixed cost of a step shared by 32 times more images: the whole gain, and a little more.
 #
 # The second cell compares what each pipeline makes with what the step trains. An input pipeline slower
 # than the training step caps training at its own rate, however fast the model runs. In the release's
-# run the PIL pipeline made 7,096 images/s at batch 512 (median of three); wherever that is below
-# what a rung trains (the last line for rung 2, the ladder below for the others), PIL alone would hold
-# that rung back. The last rung trains several times more than PIL has made in earlier runs of this
-# notebook on the H200 (9,283 and 21,630 images/s, run 15 of `benchmarks/NOTES.md`), while the tensor
-# pipeline makes 133,042 and leaves the step the limit. The PIL pipeline also takes CPU cores from
+# run the PIL pipeline made 16,155 images/s at batch 512 (median of three; its timings 12,631 to
+# 17,724); wherever that is below what a rung trains (the last line for rung 2, the ladder below for the
+# others), PIL alone would hold that rung back. Rung 2's 17,869 is already above it, and the last rung
+# trains several times more than PIL made in this run and in earlier runs of this notebook on the H200
+# (9,283 and 21,630 images/s, run 15 of `benchmarks/NOTES.md`), while the tensor pipeline makes 243,051
+# and leaves the step the limit. The PIL pipeline also takes CPU cores from
 # the training process. On a GPU the tensor pipeline costs the CPU nothing but launching its kernels,
 # since the GPU makes the batches (rung 4 below compiles the batch making, and the package's rung 5 records it
 # with the step: captured as a CUDA graph, rung 5). On a CPU both pipelines share the same cores with
@@ -500,14 +507,15 @@ print(prof.table(rows=8))
 # the GPU normally is. The second sets the busy time against your step's own time without the profiler
 # (its median from the rung above), and the verdict follows that one: below 60%, the GPU sits idle for
 # the rest of every step, waiting for the CPU side (Python, PyTorch's dispatcher, autograd) to queue the
-# next kernel. In the release's run the two shares were 25% under the profiler and 44% without it:
-# launch-bound either way.
+# next kernel. In the release's run the two shares were 40% under the profiler and 66% without it: by
+# the first the step would look launch-bound; without the profiler the GPU was busy for most of the
+# step, though still idle for about a third of it.
 #
 # The table lists the kernels that take the most GPU time. In the release's run the top one was
-# `GammaBetaBackward` (17%), part of LayerNorm's backward pass (the gradients of its scale and shift);
+# `GammaBetaBackward` (17.5%), part of LayerNorm's backward pass (the gradients of its scale and shift);
 # with LayerNorm's forward (`vectorized_layer_norm`) and its other backward kernel
 # (`layer_norm_grad_input`), LayerNorm took about 29% of the busy time, more than attention (the
-# `sdpa` kernels: cuDNN's flash attention, here its backward pass at 9.8%).
+# `sdpa` kernels: cuDNN's flash attention, here its backward pass at 10.0%).
 #
 # The busy time is a sum of the durations the profiler recorded, kernel by kernel: good for comparing
 # two steps profiled the same way, not an exact clock of the GPU. Kernels that run at the same time on
@@ -520,20 +528,20 @@ print(prof.table(rows=8))
 # elementwise ones (additions, GELU, LayerNorm, copies), each queued by the CPU side, and the GPU idles
 # between them whenever the CPU side is slower than the GPU. The first two lines compare your two eager
 # steps: in the release's run your float32 step ran 509 kernels per step with 28.0 ms busy, your bf16
-# step 692 kernels with 10.8 ms busy. Autocast adds kernels of its own, the casts of weights and
+# step 692 kernels with 10.7 ms busy. Autocast adds kernels of its own, the casts of weights and
 # activations to bf16: the bf16 step launched more kernels, not fewer, and what bf16 saved is time
-# inside the kernels (28.0 to 10.8 ms busy), not launches. That also explains why bf16 gave only 1.23x
-# although it cut the busy time 2.6 times: the float32 step was busy for 28.0 ms of its 28.7 ms (rung 2's
-# step time), so the GPU's own work set its pace; in bf16 that work shrank below what the CPU side needs
-# to queue a step, and the step became launch-bound (busy 44% of it). (1.23x is the package's factor;
-# your step, the one profiled, gained 1.18x.) On a CPU the cell profiles
+# inside the kernels (28.0 to 10.7 ms busy), not launches. That also explains why bf16 gave only 1.77x
+# although it cut the busy time 2.6 times: the float32 step was busy for 28.0 ms of its 28.7 ms
+# (rung 2's step time), so the GPU's own work set its pace; in bf16 that work shrank to 10.7 ms of a
+# 16.2 ms step (busy 66% of it), and for the rest of the step the GPU waited for the CPU side to queue
+# the next kernel. (1.77x is the package's factor; your step, the one profiled, gained 1.76x.) On a CPU the cell profiles
 # `run_plain` only and lists operators instead: the CPU computes each operator as it dispatches it, so
 # no separate device is left waiting.
 #
 # How long is the CPU side of one kernel? The profile gives two bounds. The time the GPU is idle in a
 # step (the step's time without the profiler, less the busy time), spread over the step's kernels, is a
 # lower bound: the CPU also works while the GPU runs, not only while it waits. The step's whole time
-# spread over its kernels is an upper bound (24.3 ms over 692 kernels, 35 µs, in the release's run). A
+# spread over its kernels is an upper bound (16.2 ms over 692 kernels, 23 µs, in the release's run). A
 # direct measurement: one tiny operation, `add_(1)` on a tensor of one number, 1,000 times back to back,
 # timed by `speed.images_per_second` (one "image" per call, so it returns calls per second). Its GPU work
 # is next to nothing, so the time per call is the CPU's: Python, the dispatcher and the launch. Then the
@@ -554,7 +562,7 @@ if GPU:
 # A bare call costs the CPU a few microseconds, and one that autograd records costs more. A training
 # step's operations are rarely bare: many take several tensors, some launch several kernels, and each
 # one in the forward pass is recorded for the backward pass. In the release's run the two calls took
-# 9.7 and 14.0 µs, and your bf16 step left the GPU idle for 19.5 µs per kernel. Either
+# 11.6 and 16.5 µs, and your bf16 step left the GPU idle for 8.0 µs per kernel. Either
 # way it is microseconds of CPU work, up to tens, for every kernel, against kernels that mostly last
 # microseconds too (the table above): where the verdict above says launch-bound, the CPU side, not the GPU, sets the
 # pace of the step. On a CPU the same lines measure the cost of a call there, but no other device waits
@@ -569,7 +577,7 @@ if GPU:
 # output once, instead of several kernels each writing an intermediate result to GPU memory and reading
 # it back. It also derives the backward pass of what it compiled, fused the same way. Fewer kernels,
 # fewer launches, less memory traffic. The price is the compile itself, paid at the first call:
-# 20.8 s for your loss in the release's run (below; how long depends on what the compiler's caches
+# 15.5 s for your loss in the release's run (below; how long depends on what the compiler's caches
 # on disk already hold), and up to tens of seconds for a whole step from empty caches: in run 11 of
 # `benchmarks/NOTES.md` (NVIDIA H200s), the first epochs of notebook 09's distilled step (09 trains this
 # ViT to imitate a convolutional network, its teacher, whose forward pass runs in the same loss and is
@@ -608,22 +616,22 @@ else:
 
 # %% [markdown]
 # In the release's run (full mode on the H200), compiling cut your step's kernels from 692 to 462 and
-# their busy time under the profiler from 10.8 to 6.4 ms (fused kernels read and write memory once);
-# your step's median went from 24.3 to 20.4 ms per step. It saved less than the GPU time it removed,
-# for the same reason as before: the GPU was busy for 31% of the compiled step, so the step still
-# waited on the CPU side, and a third fewer launches shortened that side by less than a third.
+# their busy time under the profiler from 10.7 to 6.0 ms (fused kernels read and write memory once);
+# your step's median went from 16.2 to 13.3 ms per step. It saved less than the GPU time it removed
+# (2.9 of 4.7 ms): the GPU was busy for only 45% of the compiled step, so the step waited on the CPU
+# side, and a third fewer launches shortened that side by less than a third.
 #
 # **Your compiled step against the package's.** In earlier runs each was timed once, right after the
 # other, and the two disagreed more here than at any other rung: your compiled step came out 1.29x the
 # package's in run 15 of `benchmarks/NOTES.md` (35,379 against 27,328 images/s), and the package's own
 # compile rung has read 1.08x, 1.66x and 1.11x over bf16 in three runs on the same kind of GPU. Hence
 # the alternating timings. The ratio of the medians is the one the cell prints; in the release's run it
-# was 1.13x. If it sits within the spread of the three timings of each step, the two compiled steps
+# was 1.14x. If it sits within the spread of the three timings of each step, the two compiled steps
 # run at the same speed and a single timing is too noisy to compare them; if every timing of one step is
 # above every timing of the other, the gap is likely real (chance alone puts three timings each all on
 # one side about one time in ten), and it lies in what the two steps do differently.
-# In the release's run the spreads overlap (your slowest timing, 22,178, lies below the package's
-# fastest, 22,687), so this run cannot tell the two compiled steps apart.
+# In the release's run the spreads overlap (your slowest timing, 31,185, lies below the package's
+# fastest, 38,565), so this run cannot tell the two compiled steps apart.
 #
 # Both compile the same forward pass, on batches from the same compiled augmentation. What differs is
 # the code around it, `TrainStep.loss` and `TrainStep.update` in `vit_helpers/step.py` against your
@@ -755,10 +763,10 @@ else:
           "times your graphed step, and compares a replay's GPU time (CUDA events) with its wall time")
 
 # %% [markdown]
-# A replay back to back takes as long as the GPU needs for it (5.70 against 5.74 ms): the launches no
+# A replay back to back takes as long as the GPU needs for it (5.68 against 5.71 ms): the launches no
 # longer hold the GPU back, and the step is now limited by the GPU's own work. What remains outside the
 # graph in your step is making the batch and copying it in: the difference between your whole step and a
-# replay (5.84 against 5.70 ms).
+# replay (5.82 against 5.68 ms).
 #
 # The package's version is `GraphedStep` (`vit_helpers/graphed.py`), built the same way (static buffers,
 # a capturable AdamW with its learning rate in a tensor, a warm-up on a side stream,
@@ -781,10 +789,10 @@ else:
 # Your graph leaves the batch making outside and the package's records it inside, so yours may be
 # slower, by up to the time that making and copying a batch takes (your whole step against a replay,
 # above). The ratio of the medians is the one the cell prints, 0.99x in the release's run, and there
-# every timing of the package's step (87,943 to 88,311 images/s) lies above every one of yours (86,447
-# to 87,625): a small gap, about 1%, and likely a real one (three timings each all on one side happen
+# every timing of the package's step (88,219 to 88,582 images/s) lies above every one of yours (86,840
+# to 87,811): a small gap, about 1%, and likely a real one (three timings each all on one side happen
 # by chance about one time in ten), and within what making and copying the batch
-# outside the graph costs your step (5.84 against 5.70 ms per replay, 2%). The package's graph is the
+# outside the graph costs your step (5.82 against 5.68 ms per replay, 2%). The package's graph is the
 # one `train()` uses.
 #
 # ## How much of the hardware is used: FLOPs, the matrix-multiply rate, MFU
@@ -837,22 +845,22 @@ if GPU and runtime.MODE == "full":  # the release copies it into release/speed_l
 
 # %% [markdown]
 # Each pair of bars is one rung. The biggest jump is where work per image leaves the CPU: big batches
-# made on the device (rung 2, 19.6x over rung 1 in the release's run, full mode on the H200; rung 2
+# made on the device (rung 2, 14.9x over rung 1 in the release's run, full mode on the H200; rung 2
 # above splits it between the pipeline and the batch size). The next three rungs change how the step
-# runs: bf16 gave 1.23x, compiling 1.01x and the whole step as one graph 3.98x for the
+# runs: bf16 gave 1.77x, compiling 1.06x and the whole step as one graph 2.63x for the
 # package's step (your steps: the factors in parentheses). bf16 halves the bytes every kernel moves and
 # runs the matrix multiplies on the tensor cores, which shortens the GPU's part of the step; the profile
 # of your two eager steps compares their kernel counts and busy times: bf16 added cast kernels (509 to
-# 692) and took no launch away, so what it saved was the GPU's own work, and it left the step
-# launch-bound. Compiling fuses kernels: fewer launches and less GPU busy time (the last line of rung 4's
+# 692) and took no launch away, so what it saved was the GPU's own work, and it left the GPU idle for
+# about a third of the step (busy 66%). Compiling fuses kernels: fewer launches and less GPU busy time (the last line of rung 4's
 # cell), but a step that still waits on the CPU side gains only what its launches shrink: in this run
-# 1.01x for the package's step and 1.19x for yours (yours, profiled in rung 4, still launch-bound).
-# The package's 1.01x lies within the spread of its rung-3 timings (21,424 to 24,942), so in this run
+# 1.06x for the package's step and 1.22x for yours (yours, profiled in rung 4, still launch-bound).
+# The package's 1.06x lies within the spread of its rung-3 timings (26,598 to 35,551), so in this run
 # compiling gained the package's step nothing measurable. How the gain from rung 3 to rung 5 splits
 # between compiling and the graph depends on the rung-4 timing, the one that has moved most between runs (see rung 4). The graph removes the launches
 # from Python altogether: its step takes about as long as the GPU time that CUDA events measured for a
 # replay of yours. The MFU column says how far even the last rung is from the hardware's matrix-multiply
-# rate: 16.9% of the 684 TFLOP/s measured above.
+# rate: 16.8% of the 691 TFLOP/s measured above.
 #
 # On a CPU only the first two rungs can run. The GPU ladder of the release (the run whose outputs are
 # stored in these notebooks, `release/speed_ladder.json`) is shown for comparison, labelled with its GPU
@@ -905,7 +913,7 @@ del A, B
 
 # %% [markdown]
 # A multiply can run at the peak only if it does enough arithmetic per byte it moves: the peak rate
-# divided by the memory bandwidth (the first line; 200 FLOPs per byte in the release's run). The
+# divided by the memory bandwidth (the first line; 193 FLOPs per byte in the release's run). The
 # big square multiply does thousands. The model's multiplies, with one side only D wide, do far fewer:
 # about D/2 per byte in bf16 when the other side is long, 128 to 170 here in full mode. For them the
 # memory time is the larger bound: moving the numbers, not the arithmetic, sets how fast they can be.
@@ -916,26 +924,26 @@ del A, B
 # them). In a row, the next multiply is already queued while the GPU runs this one, so those costs
 # overlap with the work, and the time per multiply comes close to the GPU's own, as long as the CPU
 # queues multiplies faster than the GPU runs them. In the release's run the typical multiply, 33,280 x
-# 256 x 256, took 54.5 µs alone and 28.8 µs in a row, 2.9x its memory time; and in a row the model's
-# three shapes took nearly the same time (28.8, 30.6 and 28.2 µs), although the larger two move 1.5x
-# the bytes. A time that does not grow with the work is not the GPU's: in this run, issuing one multiply
-# from Python took the CPU longer than the GPU took to run it (the bare `add_(1)` above already cost
-# 9.7 µs; a multiply also allocates its result and picks its kernel), so even in a row the GPU waited
+# 256 x 256, took 52.5 µs alone and 26.8 µs in a row, 2.8x its memory time; and in a row the model's
+# three shapes took 26.8, 35.0 and 25.1 µs: the larger two move 1.5x the bytes of the first, yet one of
+# them (33,280 x 512 x 256) took less time than it, and the other only 1.3x as long. A time that does
+# not grow with the work is not the GPU's: in this run, issuing one multiply from Python took the CPU
+# longer than the GPU took to run it (the bare `add_(1)` above already cost 11.6 µs; a multiply also allocates its result and picks its kernel), so even in a row the GPU waited
 # between multiplies: the launch-bound picture of the eager step again. The GPU's own time needs the
 # launches out of the way, as in rung 5: an earlier check on the same kind of GPU (run 14 of
 # `benchmarks/NOTES.md`) found 28.4 µs alone, 13.0 µs back to back and 11.2 µs inside a CUDA graph,
 # 1.2 to 1.4x its memory time. This run did not time a multiply inside a graph, and why the same kind of
-# GPU ran them back to back in 13.0 µs that day and 28.8 µs here it does not measure (the constant
-# times here say only that, in this run, the CPU set the pace). By that earlier measurement, inside the
+# GPU ran them back to back in 13.0 µs that day and 26.8 µs here it does not measure (times that do
+# not follow the work say only that, in this run, the CPU set the pace). By that earlier measurement, inside the
 # graphed training step (rung 5) the model's multiplies run close to their memory time, not their
 # compute time: their width keeps them from the peak. What this run itself shows is the arithmetic
-# (128 to 170 FLOPs per byte, where the peak needs 200) and, in a row from Python, a CPU-bound picture.
+# (128 to 170 FLOPs per byte, where the peak needs 193) and, in a row from Python, a CPU-bound picture.
 # Attention's multiplies are smaller still: per head it multiplies 65 x 32 by 32 x 65.
 #
 # A wider model does more arithmetic per byte in every multiply and lifts MFU: in run 7 of
 # `benchmarks/NOTES.md` (an NVIDIA H100), the `large` recipe's ViT (D = 384, 8 blocks, 11.87M
 # parameters) reached 23.7% MFU where this model reached 13.2%. On this release's H200 (full mode) this
-# model reaches 16.9% (the ladder above); the large model was not measured here.
+# model reaches 16.8% (the ladder above); the large model was not measured here.
 #
 # ## A time budget for a slower GPU
 # The fast recipe's length (420 epochs) was chosen for a fast GPU. On a slower one, `budget_minutes`
@@ -994,8 +1002,8 @@ for name, ips, c in rows:
 # GPU we assume 30 s: compiling a whole loss from empty caches costs about that much (the first epochs
 # of notebook 09's distilled step took 28.6 to 36.5 s in run 11 of `benchmarks/NOTES.md`, on NVIDIA
 # H200s); with `compile_scope="blocks"`, which compiles one transformer block and reuses it for all six
-# instead of compiling the whole loss, the distilled recipe's first epoch took 17.0 s
-# (`release/benchmark.json`). The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its
+# instead of compiling the whole loss, the distilled recipe's first epoch took 17.0 s (run 15 of
+# `benchmarks/NOTES.md`). The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its
 # clock readings say the same. `fit_budget` reads the first epoch from a training result's `history`,
 # its training seconds and, apart, its evaluation seconds (so the cell splits `first` into the two), and
 # reports its choice through a progress display's `write`; two `SimpleNamespace` objects (plain objects
@@ -1018,7 +1026,7 @@ print(f"{name}, {budget:g} minutes: {by_hand} epochs by hand, {chosen} chosen by
 # recipe, not a longer wait; expect lower accuracy from the
 # shorter schedule (in an earlier run on an H100, run 8 in `benchmarks/NOTES.md`, 30 epochs of the fast
 # recipe reached 67.8% test accuracy and 69 epochs 77.9%, against 86.72% after 420; this release's 420
-# epochs reached 86.66%, `release/results_fast.json`). In notebook 05, `cfg.replace(budget_minutes=...)`
+# epochs reached 86.45%, `release/results_fast.json`). In notebook 05, `cfg.replace(budget_minutes=...)`
 # sets a budget.
 #
 # ## Several GPUs
@@ -1084,9 +1092,9 @@ else:
 
 # %% [markdown]
 # The first line is what the smaller share costs on one GPU; the second is what the all-reduce and the
-# rest of DDP leave of the ideal. In the release's run the share of 256 trained at 0.85x the rate
+# rest of DDP leave of the ideal. In the release's run the share of 256 trained at 0.84x the rate
 # of the whole batch, and the two GPUs reached 91% of twice that rate: of the 1.54x, the smaller share
-# accounts for the larger loss (2 x 0.85 = 1.70x), the all-reduce and the rest of DDP for the smaller. The split is rough: the
+# accounts for the larger loss (2 x 0.84 = 1.69x), the all-reduce and the rest of DDP for the smaller. The split is rough: the
 # two-GPU figure comes from another day and another program (`benchmarks/ddp_speed.py`, which times
 # whole epochs of `train()`); the one-GPU row of `release/ddp.json` against this run's rung 5, both the
 # graphed step at batch 512, shows how far the two kinds of measurement agree.

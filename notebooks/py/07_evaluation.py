@@ -99,8 +99,8 @@ print(f"the article: 75.07%  |  {2 * len(preds):,} images classified in {seconds
 # The first line is the number to quote; the interval is about ± 0.7 points wide, so differences
 # between models smaller than that are noise on this test set. Averaging over the mirror image is a
 # second, labelled number: it costs two forward passes per image. On two CPU cores the passes take
-# several minutes (the last line says how long they took where this notebook ran); on a GPU, under a
-# second (the stored run's line, on one NVIDIA H200, rounds it to 0 s).
+# several minutes (the last line says how long they took where this notebook ran); on a GPU, about a
+# second (the stored run's line, on one NVIDIA H200, rounds it to 1 s).
 #
 # `tools/run_series.py` (what `make run` calls) reports these numbers from the results file:
 
@@ -128,8 +128,8 @@ for c, a in sorted(zip(CIFAR10_CLASSES, per_class.tolist()), key=lambda t: t[1])
 print("most confused (true -> predicted, count):", analysis.most_confused_pairs(cm, CIFAR10_CLASSES, 5))
 
 # %% [markdown]
-# Cat and dog are the hardest classes (69.9% and 79.2% for this model), then bird and deer; the
-# frog, the truck, the automobile and the ship are easiest (91-94%). The most confused pairs are the
+# Cat and dog are the hardest classes (69.9% and 77.3% for this model), then bird and deer; the
+# frog, the automobile and the ship are easiest (92-94%). The most confused pairs are the
 # visually similar ones: cat and dog, in both directions, by far. Some of the misclassified test
 # images, with the model's confidence:
 
@@ -184,7 +184,7 @@ fig = plots.plot_rollout(data.test_x[idx], masks, [CIFAR10_CLASSES[int(data.test
 # %% [markdown]
 # For the dog and the ship the rollout is strongest on the object and weak on the grass, sky and
 # water around it; for the airplane and the cat it is more diffuse: it covers the background between
-# the plane's wings as much as the plane, and most of the cat image except its dark right side. Rollout
+# the plane's wings as much as the plane, and most of the cat image except its dark lower-right corner. Rollout
 # is an estimate of how information flows, not a proof of what the model used: read it as a hint of
 # where the [CLS] token gathered from, not as an explanation.
 #
@@ -220,13 +220,13 @@ print(f"the other {dist.numel() - len(above)} heads: {dist.numel() - len(above) 
       f"{int(far.sum())} further below (in layers {sorted({l + 1 for l, _ in far.nonzero().tolist()})})")
 
 # %% [markdown]
-# The cell lists the heads above the dashed uniform line. In the stored run there are three: one in
-# layer 2 and one in layer 4, about 0.6 and 0.7 px above it, which favour far-away patches, and one in
-# layer 6 only 0.02 px above, on the line. All the others sit below it, most of them within 4 px: on a
+# The cell lists the heads above the dashed uniform line. In the stored run there are three, one each
+# in layers 1, 2 and 5, 0.30, 0.49 and 0.34 px above it: they favour far-away patches, but only
+# slightly. All the others sit below it, most of them (35 of 45) within 4 px: on a
 # 32x32 image cut into an 8x8 grid, every head looks across much of the image (the ViT paper's large
-# images leave far more room between "near" and "far"). The few more than 4 px below are in the first
-# three layers; the most local, at 8.6 px (about two patches), is in layer 2. In the last layer every
-# head is close to uniform (15.5-16.6 px), mixing the whole image before the [CLS] token is read.
+# images leave far more room between "near" and "far"). The ten more than 4 px below are in the first
+# four layers; the most local, at 7.5 px (about two patches), is in layer 1. In the last layer every
+# head is close to uniform (15.7-16.4 px), mixing the whole image before the [CLS] token is read.
 #
 # ## What the positional embeddings learned
 # Each small tile belongs to one position (i, j) of the 8x8 grid and shows the cosine similarity of
@@ -260,10 +260,10 @@ print(f"ECE = {ece:.3f}; mean confidence {conf.mean():.3f} vs accuracy {acc:.3f}
 # %% [markdown]
 # Most bars sit above the diagonal: when the model says 80%, it is right more than 90% of the time, and
 # its mean confidence is well below its accuracy. The counts on the bars (and the lower panel) say how
-# much each bar weighs: seven in ten predictions fall between 73% and 93% confidence, where the bars
-# stand 10-15 points above the diagonal, so they make most of the ECE; the lowest bin (5 predictions)
-# is noise. The model is *under*-confident: it never gives more than 93% (no bar goes further), though
-# it is right 98% of the time at 87-93%. Label smoothing and
+# much each bar weighs: nearly three in four predictions fall between 73% and 93% confidence, where the bars
+# stand 9-12 points above the diagonal, so they make most of the ECE; the lowest bin (4 predictions)
+# and the highest (2) are noise. The model is *under*-confident: it almost never gives more than 93%
+# (those 2 predictions of 10,000), though it is right 98% of the time at 87-93%. Label smoothing and
 # MixUp (notebook 05) train it to be less sure of itself; exercise 2 fixes the calibration
 # afterwards with one number, a temperature.
 #
@@ -304,13 +304,13 @@ print(f"ECE = {ece:.3f}; mean confidence {conf.mean():.3f} vs accuracy {acc:.3f}
 # Output of our run (quick mode, 2 CPU cores):
 #
 # ```text
-# accuracy on 500 test images: 88.2%
-# bootstrap 95% interval: 85.2% - 91.0%
-# Wilson 95% interval:    85.1% - 90.7%
+# accuracy on 500 test images: 87.2%
+# bootstrap 95% interval: 84.0% - 90.2%
+# Wilson 95% interval:    84.0% - 89.8%
 # ```
 #
-# The model is right on 88.2% of the 500 images, and the two intervals agree to a few tenths of a
-# point (85.2-91.0% against 85.1-90.7%): for a plain accuracy the bootstrap needs no formula but gives
+# The model is right on 87.2% of the 500 images, and the two intervals agree to a few tenths of a
+# point (84.0-90.2% against 84.0-89.8%): for a plain accuracy the bootstrap needs no formula but gives
 # the same answer. Both are about ± 3 points at n = 500, and shrink as
 # 1/sqrt(n): ± 0.7 points at 10,000.
 #
@@ -355,14 +355,14 @@ print(f"ECE = {ece:.3f}; mean confidence {conf.mean():.3f} vs accuracy {acc:.3f}
 # Output of our run (quick mode, 2 CPU cores):
 #
 # ```text
-# T = 1 (as trained)   test ECE 0.117, mean confidence 0.751, accuracy 0.844
-# T = 0.70 (fitted)    test ECE 0.042, mean confidence 0.882, accuracy 0.844
+# T = 1 (as trained)   test ECE 0.113, mean confidence 0.765, accuracy 0.868
+# T = 0.75 (fitted)    test ECE 0.043, mean confidence 0.873, accuracy 0.868
 # ```
 #
-# The fitted T is 0.70, below 1: dividing by it sharpens the probabilities of this under-confident
-# model (mean confidence 0.751 for an accuracy of 0.844). The mean confidence moves up to 0.882, now a
-# little above the accuracy but much closer, and the test ECE drops almost threefold, from 0.117 to
-# 0.042. The accuracy does not change (0.844 both times): dividing all logits by the same T never changes which one is largest.
+# The fitted T is 0.75, below 1: dividing by it sharpens the probabilities of this under-confident
+# model (mean confidence 0.765 for an accuracy of 0.868). The mean confidence moves up to 0.873, now a
+# little above the accuracy but much closer, and the test ECE falls 2.6-fold, from 0.113 to
+# 0.043. The accuracy does not change (0.868 both times): dividing all logits by the same T never changes which one is largest.
 #
 # </details>
 #
@@ -405,21 +405,21 @@ print(f"ECE = {ece:.3f}; mean confidence {conf.mean():.3f} vs accuracy {acc:.3f}
 # Output of our run (quick mode, 2 CPU cores):
 #
 # ```text
-# residual=True : mean correlation between different tokens' rollout rows 0.331
-#                  share of each [CLS] map on the 28 edge patches (44% if flat): 42%, 43%, 39%, 45%
+# residual=True : mean correlation between different tokens' rollout rows 0.404
+#                  share of each [CLS] map on the 28 edge patches (44% if flat): 42%, 44%, 40%, 45%
 # residual=False: mean correlation between different tokens' rollout rows 1.000
-#                  share of each [CLS] map on the 28 edge patches (44% if flat): 49%, 49%, 45%, 50%
+#                  share of each [CLS] map on the 28 edge patches (44% if flat): 48%, 49%, 46%, 49%
 # ```
 #
 # The figures show the [CLS] rollout over four test images (airplane, cat, dog, ship). With the
 # residual term the map is strongest on parts of each object, most clearly the dog and the ship, and
-# puts 42%, 43%, 39% and 45% of its weight on the 28 edge patches, about what a flat map would (44%).
-# Without it the maps are brightest at the edges and corners, the background: 49%, 49%, 45% and 50%
+# puts 42%, 44%, 40% and 45% of its weight on the 28 edge patches, about what a flat map would (44%).
+# Without it the maps are brightest at the edges and corners, the background: 48%, 49%, 46% and 49%
 # of their weight there, more than a flat map, in all four images. The first numbers say why.
 # Without the residual term, multiplying six attention matrices blends everything into one mixture:
 # every token's row becomes the same (correlation 1.000), so the map says where *any* token draws
 # from, not what reaches [CLS] in particular. It ignores the skip connection that passes
-# each token's own content on through every block. With (A + I)/2 the rows stay distinct (0.331)
+# each token's own content on through every block. With (A + I)/2 the rows stay distinct (0.404)
 # and the [CLS] map is specific to it.
 #
 # </details>

@@ -494,7 +494,7 @@ for kind, temperature in (("hard", 1.0), ("soft", 4.0)):
 # evaluation on the validation images as well as its training (`Pace.fit_budget` in
 # `vit_helpers/train` adds the first epoch's evaluation seconds and estimates each later epoch's), while
 # the target, like every "s of training" this notebook prints, counts the training alone. In the stored
-# run below the student trains for 251.8 s: with the teacher's 11.6 s, 263.4 s, within 265 s.
+# run below the student trains for 249.0 s: with the teacher's 11.6 s, 260.6 s, within 265 s.
 #
 # It also compiles differently from 05's recipe: `compile_scope="blocks"` is **regional compilation**,
 # where `torch.compile` compiles one transformer block, whose compiled code all six layers reuse, and
@@ -537,15 +537,15 @@ print(f"student: best validation accuracy {student_run.best_val_acc:.2%} (epoch 
       f"the first epoch {student_run.history[0]['seconds']:.1f} s")
 
 # %% [markdown]
-# The first epoch's time includes compiling the step on a GPU (06): 13.3 s of training here (15 s with
+# The first epoch's time includes compiling the step on a GPU (06): 14.7 s of training here (17 s with
 # its evaluation, in the budget line), against about 0.63 s for each later epoch, which run steadily
-# at about 71,160 images/s (the median over the epochs after the first, in the table further down; the
-# logged lines range from 70,897 to 71,211). The budget line's 72,145 images/s, about 1.4% more, is
+# at about 70,726 images/s (the median over the epochs after the first, in the table further down; the
+# logged lines range from 70,621 to 70,861). The budget line's 70,939 images/s, about 0.3% more, is
 # measured differently: the budget times the first epoch from the end of its third step to the end of
 # the epoch, after the compiling, and divides the images of those steps by that time (`Pace` in
 # `vit_helpers/train`), while each epoch's `img/s` in the log divides all the epoch's images by its
-# whole training time, from its first step to its end. The budget fitted 382 epochs, and the best
-# validation epoch was 313.
+# whole training time, from its first step to its end. The budget fitted 373 epochs, and the best
+# validation epoch was 311.
 #
 # ## The plain ViT, for comparison
 # The plain ViT is notebook 05's model: on a GPU, its best checkpoint, or the released weights that
@@ -601,8 +601,8 @@ print(f"at the end, the student's CE with the labels is {'above' if above else '
 # does on images it never trained on. One that ends *below* learned the labels faster with the teacher's help,
 # which is what a short run, still far from fitting its data, would show. The stored full-mode run is the
 # first case: the two CE curves run together for about the first hundred epochs, then the student's
-# stays above. The printed last values come from different epochs (the student's last, 382, and the
-# plain ViT's 370, its best epoch, where its saved history ends): 1.294 against 1.193. The teacher's
+# stays above. The printed last values come from different epochs (the student's last, 373, and the
+# plain ViT's 403, its best epoch, where its saved history ends): 1.284 against 1.154. The teacher's
 # term falls from 0.759 to 0.097.
 #
 # ## CNN vs ViT vs distilled ViT
@@ -638,21 +638,21 @@ print(f"the CNN is {100 * gap:.2f} points above the plain ViT; distillation wins
 # %% [markdown]
 # Read the table row by row ("best epoch" is the epoch of the checkpoint scored). The CNN is the
 # article's "basic CNN", done well: it beats the plain ViT in a fraction of the ViT's training time,
-# which is the article's conclusion, measured (in the stored run 90.47% against 86.66%, after 11.2 s
-# against 211.4 s, about a twentieth). The distilled ViT has the plain ViT's architecture and data;
-# the last line says how much of the CNN's lead the teacher's answers win back: here 3.31 of its 3.81
-# points (87%), to 89.97%, still 0.50 points below its teacher. Where two intervals do not overlap,
+# which is the article's conclusion, measured (in the stored run 90.47% against 86.45%, after 11.2 s
+# against 228.3 s, about a twentieth). The distilled ViT has the plain ViT's architecture and data;
+# the last line says how much of the CNN's lead the teacher's answers win back: here 3.50 of its 4.02
+# points (87%), to 89.95%, still 0.52 points below its teacher. Where two intervals do not overlap,
 # the difference is larger than the test set's sampling noise: the plain ViT's interval overlaps
 # neither of the others, while the distilled ViT's overlaps the CNN's, so the student and its teacher
 # are not told apart by this test set. Training noise (another seed) is not in the intervals, since
-# each model is one run. The two ViTs' images per second differ too (71,160 against 87,915 here, about
+# each model is one run. The two ViTs' images per second differ too (70,726 against 88,412 here, about
 # a fifth fewer for the student; on a CPU shared with other work the timings are noisy), and their
 # recipes differ in two settings that touch speed: every step of the student also runs the teacher's
 # forward pass, and the two compile differently (the student with regional compilation,
 # `compile_scope="blocks"`; 05's `fast` recipe the whole step, `"step"`). This table cannot say how much
 # of the difference each causes; `benchmarks/NOTES.md` (run 11) measured each on its own: the teacher's
 # forward pass is about 23% of the distilled step's time, and `"blocks"` made the distilled step 7.9%
-# faster than `"step"`. On a GPU the student's budget fits fewer epochs than 05's 420 (382 here).
+# faster than `"step"`. On a GPU the student's budget fits fewer epochs than 05's 420 (373 here).
 #
 # In quick mode (CPU) these are small models trained for a few minutes, so the numbers are far below
 # a GPU's; a release stores this notebook's outputs from a full-mode run on a GPU (the mode line at the
@@ -661,7 +661,7 @@ print(f"the CNN is {100 * gap:.2f} points above the plain ViT; distillation wins
 # Validation accuracy against training time tells the same story as it happens. The distilled curve
 # starts where its teacher's ends, since it cannot start before; each curve's first point is its
 # first epoch, compiling included, so the plain ViT's curve too begins only after its first epoch's
-# compile (in the stored run, about 24 s in). The dashed line is the article's *test* accuracy, for scale. In
+# compile (in the stored run, about 26 s in). The dashed line is the article's *test* accuracy, for scale. In
 # the stored run the two ViTs pass it within about the first minute, and the distilled curve stays
 # above the plain one from there to the end.
 
@@ -706,10 +706,10 @@ print(f"correlation, over the 10 classes, of the teacher's lead over the plain V
 # no straight-line trend with it. A class has 1,000 test images, so each bar has a 95% interval of up
 # to about ±3 points, and a difference of a point or two between two bars is within sampling noise.
 # In the stored run the student gains in every class, and the gains follow the teacher's lead closely
-# (0.96): most in cat (+7.6 points, where the teacher leads by 11.1) and dog (+4.3, lead 5.8), the two
-# classes all three models find hardest, least in ship (+0.4), where the plain ViT already matches the
-# teacher (94.4% against 94.3%). In four classes (airplane, automobile, bird, ship) the student ends a little above
-# its teacher, by 0.2 to 1.3 points, within that noise.
+# (0.90): most in cat (+9.6 points, where the teacher leads by 11.1) and dog (+4.7, lead 7.7), the two
+# classes all three models find hardest, least in ship (+0.7), where the plain ViT is already within
+# half a point of the teacher (93.8% against 94.3%). In three classes (airplane, bird, ship) the student ends a little above
+# its teacher, by 0.2 to 1.9 points, within that noise.
 #
 # ## How often does the student agree with its teacher?
 # **Agreement** is the share of test images on which two models predict the same class, right or wrong.
@@ -730,8 +730,8 @@ for name in ("ViT", "ViT, distilled"):
 # Compare the two lines: the second number of each says how often a model makes *the teacher's*
 # mistake. Where the student's is higher than the plain ViT's, it took over some of the teacher's
 # mistakes along with its knowledge. In the stored run it is higher: the student agrees with the
-# teacher on 91.0% of all test images (the plain ViT on 85.3%), and gives the teacher's wrong answer on
-# 48.1% of the 953 images the teacher gets wrong (the plain ViT on 31.2%).
+# teacher on 91.0% of all test images (the plain ViT on 85.4%), and gives the teacher's wrong answer on
+# 48.6% of the 953 images the teacher gets wrong (the plain ViT on 33.3%).
 #
 # ## Mistakes inherited, mistakes fixed
 # The same comparison, image by image. The student **inherits** a mistake when it gives the teacher's
@@ -781,14 +781,14 @@ fig = show_group(groups["fixed"])
 # dropped. The second says how much of the gain its teacher also knew: a high share means the gain is
 # the teacher's knowledge passing over, not luck. The third splits what the student dropped into the
 # teacher's mistakes it copied and images lost although the teacher was right. In the stored run the
-# student gains 681 images and drops 350, +331 or 3.31 points, the table's gain; the teacher gets 577 of
-# the 681 right (85%), so the gain is mostly the teacher's knowledge. Of the 350 dropped, 150 (43%) are
-# the teacher's mistakes copied and 166 (47%) are lost although the teacher was right; on the other 34
-# the teacher is wrong too, with another class. So the price in copied mistakes, 150 images, is a
-# quarter of the 577 fixed. Look at the inherited row: are the teacher's mistakes answers a person
-# might give for that picture? In the stored row, half are a cat taken for a dog or a dog for a cat.
-# Cat and dog are the two classes the teacher itself gets right least often (81.0% and 85.0% of their
-# test images, in "Class by class" above): where it makes the most mistakes of its own.
+# student gains 697 images and drops 347, +350 or 3.50 points, the table's gain; the teacher gets 592 of
+# the 697 right (85%), so the gain is mostly the teacher's knowledge. Of the 347 dropped, 140 (40%) are
+# the teacher's mistakes copied and 177 (51%) are lost although the teacher was right; on the other 30
+# the teacher is wrong too, with another class. So the price in copied mistakes, 140 images, is about a
+# quarter of the 592 fixed. Look at the inherited row: are the teacher's mistakes answers a person
+# might give for that picture? In the stored row, half are another animal taken for a cat (a deer, a
+# dog, a frog and a horse), and cat is the class the teacher itself gets right least often (81.0% of
+# its test images, dog next at 85.0%, in "Class by class" above).
 #
 # ## What changed inside the student
 # Notebook 07 measured **mean attention distance**: for each head, the average distance in pixels between
@@ -819,10 +819,10 @@ print(f"largest change: layer {layer + 1}, {distances['ViT'].mean(1)[layer]:.1f}
 # would look only a patch or so away (4 to 5 px), the neighbourhood a stack of 3x3 convolutions sees.
 # On a 32x32 image cut into an 8x8 grid every patch is close to every other, which limits how local a
 # head can look (and in quick mode, small models trained for minutes say little either way). The stored
-# full-mode run shows that change: layer 2's mean falls from 12.8 to 8.4 px, with half of the student's
-# eight heads there at 4 to 5 px, where no head of the plain ViT comes below 8 px; layers 1, 3 and 4
-# move closer by 2.0 to 2.3 px, layers 5 and 6 by about half a pixel, and layer 6 stays near uniform
-# (16.5 px) in both.
+# full-mode run shows that change: layer 2's mean falls from 12.6 to 7.3 px, with half of the student's
+# eight heads there at 4 to 5 px, where no head of the plain ViT comes below 7.5 px (its closest, in
+# layer 1; in layer 2 none is closer than about 9 px); layer 3 moves closer by 2.5 px, layers 1, 4 and 5
+# by about 1 px, and layer 6 stays near uniform (16.5 px) in both (16.2 and 15.9 px).
 #
 # The results file that `tools/run_series.py` copies into `release/` (the README quotes it):
 
@@ -845,8 +845,8 @@ print("saved", checkpoint.shown(out))
 # - Distillation from that CNN, inside the same training step, gives the ViT the CNN's answers as a
 #   second target, and with them part of what the bias buys, without a single extra image: the table
 #   above says how much (87% of the CNN's lead here), the per-class figure where, and the image rows
-#   at what price (here 150 images the plain ViT got right, given the teacher's wrong answer, against
-#   577 fixed).
+#   at what price (here 140 images the plain ViT got right, given the teacher's wrong answer, against
+#   592 fixed).
 # - DeiT adds a **distillation token**: a second learned token beside [CLS], whose output is trained on
 #   the teacher's answer while [CLS] learns the label, and both are averaged at test time. That changes
 #   the architecture; this series keeps the article's, so the student here reads both targets from [CLS].
@@ -908,7 +908,7 @@ else:
 # %% [markdown]
 # Read the seeds column by column: with SPT + LSA the student ends above its own teacher on each of
 # the three seeds (91.23% against 90.55%, 90.87% against 90.34%, 91.30% against 90.74%), something the
-# plain recipe did not do in this notebook's run (89.97% against 90.47%). The sprint's three seeds land
+# plain recipe did not do in this notebook's run (89.95% against 90.47%). The sprint's three seeds land
 # within 0.1 points of each other, all under the article's 75.07%, and they take 26.8 to 27.5 s, over
 # the 20-s target.
 
