@@ -822,7 +822,7 @@ print(f"largest change: layer {layer + 1}, {distances['ViT'].mean(1)[layer]:.1f}
 # full-mode run shows that change: layer 2's mean falls from 12.6 to 7.3 px, with half of the student's
 # eight heads there at 4 to 5 px, where no head of the plain ViT comes below 7.5 px (its closest, in
 # layer 1; in layer 2 none is closer than about 9 px); layer 3 moves closer by 2.5 px, layers 1, 4 and 5
-# by about 1 px, and layer 6 stays near uniform (16.5 px) in both (16.2 and 15.9 px).
+# by about 1 px, and layer 6 stays near uniform in both (16.2 and 15.9 px).
 #
 # The results file that `tools/run_series.py` copies into `release/` (the README quotes it):
 
