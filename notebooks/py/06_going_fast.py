@@ -1002,8 +1002,9 @@ for name, ips, c in rows:
 # GPU we assume 30 s: compiling a whole loss from empty caches costs about that much (the first epochs
 # of notebook 09's distilled step took 28.6 to 36.5 s in run 11 of `benchmarks/NOTES.md`, on NVIDIA
 # H200s); with `compile_scope="blocks"`, which compiles one transformer block and reuses it for all six
-# instead of compiling the whole loss, the distilled recipe's first epoch took 17.0 s (run 15 of
-# `benchmarks/NOTES.md`). The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its
+# instead of compiling the whole loss, the distilled recipe's first epoch took 14.7 s in notebook 09's
+# stored run, and the benchmark's SPT + LSA student, compiled the same way, 25.6 to 33.8 s over its
+# three seeds (`release/benchmark/`), so 30 s is not a bound. The epochs that fit, by hand, and what `Pace.fit_budget` chooses when its
 # clock readings say the same. `fit_budget` reads the first epoch from a training result's `history`,
 # its training seconds and, apart, its evaluation seconds (so the cell splits `first` into the two), and
 # reports its choice through a progress display's `write`; two `SimpleNamespace` objects (plain objects
